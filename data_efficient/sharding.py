@@ -1,0 +1,113 @@
+"""The one place that builds device meshes and shardings.
+
+Every stage runs on a 2-D mesh ('data', 'model') over all devices of all
+processes. Batches are split on 'data'. Parameters are placed by their
+logical axis names (set in `models/t5.py`): the wide axes (vocab, mlp, heads)
+go to 'model', the rest is replicated, as in T5X's default partitioning
+rules. A 'model' size above 1 lets XL and XXL fit where one core cannot hold
+the whole model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+DATA = "data"
+MODEL = "model"
+
+# Logical axis -> mesh axis (None = replicated).
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
+    ("batch", DATA),
+    ("vocab", MODEL),
+    ("mlp", MODEL),
+    ("heads", MODEL),
+    ("joined_kv", MODEL),
+    ("embed", None),
+    ("relpos_buckets", None),
+)
+
+
+def make_mesh(
+    model_parallelism: int = 1, devices: list[jax.Device] | None = None
+) -> jax.sharding.Mesh:
+  """A ('data', 'model') mesh over `devices` (default: every global device).
+
+  Args:
+    model_parallelism: Size of the 'model' axis; must divide the device count.
+    devices: Devices to use, default `jax.devices()` (all processes).
+
+  Raises:
+    ValueError: if `model_parallelism` does not divide the device count.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if model_parallelism < 1 or len(devices) % model_parallelism:
+    raise ValueError(
+        f"--model_parallelism={model_parallelism} must be a positive divisor "
+        f"of the device count ({len(devices)})."
+    )
+  shape = (len(devices) // model_parallelism, model_parallelism)
+  return jax.sharding.Mesh(
+      np.asarray(devices).reshape(shape),
+      (DATA, MODEL),
+      axis_types=(jax.sharding.AxisType.Auto,) * 2,
+  )
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Leading (batch) axis split over 'data', everything else replicated."""
+  return jax.sharding.NamedSharding(mesh, jax.P(DATA))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.P())
+
+
+def _spec(
+    shape: tuple[int, ...],
+    logical: tuple[str | None, ...],
+    mesh: jax.sharding.Mesh,
+    rules: Mapping[str, str | None],
+) -> jax.P:
+  """Mesh spec for one leaf; an axis that does not divide stays replicated."""
+  axes = []
+  for size, name in zip(shape, logical, strict=True):
+    mesh_axis = rules.get(name) if name else None
+    if mesh_axis is not None and size % mesh.shape[mesh_axis]:
+      mesh_axis = None
+    axes.append(mesh_axis)
+  return jax.P(*axes)
+
+
+def param_shardings(
+    boxed_params, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES
+):
+  """NamedShardings for a boxed (logically annotated) parameter tree.
+
+  Args:
+    boxed_params: Tree of `nn.LogicallyPartitioned` leaves, e.g. from
+      `models.t5.abstract_params`.
+    mesh: The mesh from `make_mesh`.
+    rules: Logical-to-mesh axis rules.
+
+  Returns:
+    A tree of plain leaves (same structure as the unboxed params) holding
+    `NamedSharding`s.
+  """
+  rules = dict(rules)
+
+  def one(leaf):
+    if isinstance(leaf, nn.LogicallyPartitioned):
+      spec = _spec(leaf.value.shape, tuple(leaf.names), mesh, rules)
+    else:
+      spec = jax.P()
+    return jax.sharding.NamedSharding(mesh, spec)
+
+  return jax.tree.map(
+      one,
+      boxed_params,
+      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
+  )
