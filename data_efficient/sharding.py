@@ -21,18 +21,18 @@ MODEL = "model"
 
 # Logical axis -> mesh axis (None = replicated).
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
-    ("batch", DATA),
-    ("vocab", MODEL),
-    ("mlp", MODEL),
-    ("heads", MODEL),
-    ("joined_kv", MODEL),
-    ("embed", None),
-    ("relpos_buckets", None),
+  ("batch", DATA),
+  ("vocab", MODEL),
+  ("mlp", MODEL),
+  ("heads", MODEL),
+  ("joined_kv", MODEL),
+  ("embed", None),
+  ("relpos_buckets", None),
 )
 
 
 def make_mesh(
-    model_parallelism: int = 1, devices: list[jax.Device] | None = None
+  model_parallelism: int = 1, devices: list[jax.Device] | None = None
 ) -> jax.sharding.Mesh:
   """A ('data', 'model') mesh over `devices` (default: every global device).
 
@@ -46,14 +46,14 @@ def make_mesh(
   devices = list(jax.devices() if devices is None else devices)
   if model_parallelism < 1 or len(devices) % model_parallelism:
     raise ValueError(
-        f"--model_parallelism={model_parallelism} must be a positive divisor "
-        f"of the device count ({len(devices)})."
+      f"--model_parallelism={model_parallelism} must be a positive divisor "
+      f"of the device count ({len(devices)})."
     )
   shape = (len(devices) // model_parallelism, model_parallelism)
   return jax.sharding.Mesh(
-      np.asarray(devices).reshape(shape),
-      (DATA, MODEL),
-      axis_types=(jax.sharding.AxisType.Auto,) * 2,
+    np.asarray(devices).reshape(shape),
+    (DATA, MODEL),
+    axis_types=(jax.sharding.AxisType.Auto,) * 2,
   )
 
 
@@ -67,10 +67,10 @@ def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
 
 
 def _spec(
-    shape: tuple[int, ...],
-    logical: tuple[str | None, ...],
-    mesh: jax.sharding.Mesh,
-    rules: Mapping[str, str | None],
+  shape: tuple[int, ...],
+  logical: tuple[str | None, ...],
+  mesh: jax.sharding.Mesh,
+  rules: Mapping[str, str | None],
 ) -> jax.P:
   """Mesh spec for one leaf; an axis that does not divide stays replicated."""
   axes = []
@@ -83,7 +83,7 @@ def _spec(
 
 
 def param_shardings(
-    boxed_params, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES
+  boxed_params, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES
 ):
   """NamedShardings for a boxed (logically annotated) parameter tree.
 
@@ -107,7 +107,48 @@ def param_shardings(
     return jax.sharding.NamedSharding(mesh, spec)
 
   return jax.tree.map(
-      one,
-      boxed_params,
-      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
+    one,
+    boxed_params,
+    is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
   )
+
+
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
+  """Joins a multi-process job (a TPU pod slice, or processes on one host).
+
+  With no arguments JAX discovers the job from the environment (Cloud TPU
+  VMs). On CPU, cross-process collectives use gloo.
+  """
+  if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(
+    jax.config.jax_platforms
+  ):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+  )
+
+
+def local_mesh(model_parallelism: int = 1) -> jax.sharding.Mesh:
+  """A mesh over this process's devices only.
+
+  Scoring and embedding are embarrassingly parallel across hosts: each
+  process scores its own share of the corpus on its own devices, so no step
+  waits on another host, and hosts with uneven shares never deadlock. Model
+  parallelism stays within a host (a TPU VM host holds 4-8 chips, enough
+  for Flan-T5-XXL in bfloat16).
+  """
+  return make_mesh(model_parallelism, jax.local_devices())
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches `name` (no-op for one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)

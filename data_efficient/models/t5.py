@@ -91,7 +91,7 @@ class T5Config:
 def _param(module: nn.Module, name: str, init, shape, axes):
   """A float32 parameter annotated with logical axis names."""
   return module.param(
-      name, nn.with_logical_partitioning(init, axes), shape, jnp.float32
+    name, nn.with_logical_partitioning(init, axes), shape, jnp.float32
   )
 
 
@@ -104,7 +104,7 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     scale = _param(
-        self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",)
+      self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",)
     )
     x32 = x.astype(jnp.float32)
     variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
@@ -122,11 +122,11 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = _param(
-        self,
-        "kernel",
-        nn.initializers.lecun_normal(),
-        (x.shape[-1], self.features),
-        self.axes,
+      self,
+      "kernel",
+      nn.initializers.lecun_normal(),
+      (x.shape[-1], self.features),
+      self.axes,
     )
     return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
 
@@ -140,11 +140,11 @@ class Embed(nn.Module):
 
   def setup(self):
     self.embedding = _param(
-        self,
-        "embedding",
-        nn.initializers.normal(stddev=1.0),
-        (self.num_embeddings, self.features),
-        ("vocab", "embed"),
+      self,
+      "embedding",
+      nn.initializers.normal(stddev=1.0),
+      (self.num_embeddings, self.features),
+      ("vocab", "embed"),
     )
 
   def __call__(self, tokens: Array) -> Array:
@@ -157,12 +157,12 @@ class Embed(nn.Module):
 
 
 def relative_position_buckets(
-    query_length: int,
-    key_length: int,
-    *,
-    bidirectional: bool,
-    num_buckets: int,
-    max_distance: int,
+  query_length: int,
+  key_length: int,
+  *,
+  bidirectional: bool,
+  num_buckets: int,
+  max_distance: int,
 ) -> np.ndarray:
   """T5's relative-position bucket of every (query, key) pair.
 
@@ -189,7 +189,7 @@ def relative_position_buckets(
   log_ratio = np.log(far / np.float32(max_exact))
   scaled = log_ratio / np.float32(math.log(max_distance / max_exact))
   large = max_exact + (scaled * np.float32(num_buckets - max_exact)).astype(
-      np.int64, copy=False
+    np.int64, copy=False
   )
   large = np.minimum(large, num_buckets - 1)
   buckets += np.where(distance < max_exact, distance, large)
@@ -207,18 +207,18 @@ class RelativePositionBiases(nn.Module):
   @nn.compact
   def __call__(self, qlen: int, klen: int, bidirectional: bool) -> Array:
     rel_embedding = _param(
-        self,
-        "rel_embedding",
-        nn.initializers.normal(stddev=1.0),
-        (self.num_heads, self.num_buckets),
-        ("heads", "relpos_buckets"),
+      self,
+      "rel_embedding",
+      nn.initializers.normal(stddev=1.0),
+      (self.num_heads, self.num_buckets),
+      ("heads", "relpos_buckets"),
     )
     buckets = relative_position_buckets(
-        qlen,
-        klen,
-        bidirectional=bidirectional,
-        num_buckets=self.num_buckets,
-        max_distance=self.max_distance,
+      qlen,
+      klen,
+      bidirectional=bidirectional,
+      num_buckets=self.num_buckets,
+      max_distance=self.max_distance,
     )
     # [heads, buckets] -> [1, heads, qlen, klen]
     values = jnp.take(rel_embedding, jnp.asarray(buckets), axis=1)
@@ -247,14 +247,17 @@ class MultiHeadAttention(nn.Module):
     """
     inner = self.num_heads * self.head_dim
     embed = inputs_q.shape[-1]
-    proj = lambda name: Dense(inner, ("embed", "joined_kv"), self.dtype, name=name)
-    split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
-    # [b, len, embed] -> [b, len, heads, kv]
-    query = split(proj("query")(inputs_q))
-    key = split(proj("key")(inputs_kv))
-    value = split(proj("value")(inputs_kv))
+
+    def project(name: str, x: Array) -> Array:
+      # [b, len, embed] -> [b, len, heads, kv]
+      y = Dense(inner, ("embed", "joined_kv"), self.dtype, name=name)(x)
+      return y.reshape(y.shape[:2] + (self.num_heads, self.head_dim))
+
+    query = project("query", inputs_q)
+    key = project("key", inputs_kv)
+    value = project("value", inputs_kv)
     logits = jnp.einsum(
-        "bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32
+      "bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32
     )
     weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1)
     # [b, heads, q, k] x [b, k, heads, kv] -> [b, q, heads * kv]
@@ -298,10 +301,12 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: Array, bias: Array) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    h = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
-    h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, dtype, name="attention")(
-        h, h, bias
-    )
+    h = LayerNorm(
+      cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm"
+    )(x)
+    h = MultiHeadAttention(
+      cfg.num_heads, cfg.head_dim, dtype, name="attention"
+    )(h, h, bias)
     x = x + h
     h = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
     return x + MlpBlock(cfg.mlp_dim, cfg.mlp_activations, dtype, name="mlp")(h)
@@ -312,19 +317,19 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(
-      self, y: Array, encoded: Array, self_bias: Array, cross_bias: Array
+    self, y: Array, encoded: Array, self_bias: Array, cross_bias: Array
   ) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     eps = cfg.layer_norm_epsilon
     h = LayerNorm(eps, dtype, name="pre_self_attention_layer_norm")(y)
     h = MultiHeadAttention(
-        cfg.num_heads, cfg.head_dim, dtype, name="self_attention"
+      cfg.num_heads, cfg.head_dim, dtype, name="self_attention"
     )(h, h, self_bias)
     y = y + h
     h = LayerNorm(eps, dtype, name="pre_cross_attention_layer_norm")(y)
     h = MultiHeadAttention(
-        cfg.num_heads, cfg.head_dim, dtype, name="encoder_decoder_attention"
+      cfg.num_heads, cfg.head_dim, dtype, name="encoder_decoder_attention"
     )(h, encoded, cross_bias)
     y = y + h
     h = LayerNorm(eps, dtype, name="pre_mlp_layer_norm")(y)
@@ -337,7 +342,7 @@ def _mask_bias(mask: Array) -> Array:
 
 
 def _key_mask(
-    query_segments: Array | None, key_tokens: Array, key_segments: Array | None
+  query_segments: Array | None, key_tokens: Array, key_segments: Array | None
 ) -> Array:
   """Which keys each query may see: non-padding, same segment if packed."""
   # [b, k] -> [b, 1, k]
@@ -359,11 +364,11 @@ class Encoder(nn.Module):
     # Padding keys are masked; packed rows also block cross-segment attention.
     bias = _mask_bias(_key_mask(segment_ids, tokens, segment_ids))
     bias = bias + RelativePositionBiases(
-        cfg.relative_attention_num_buckets,
-        cfg.relative_attention_max_distance,
-        cfg.num_heads,
-        jnp.float32,
-        name="relpos_bias",
+      cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance,
+      cfg.num_heads,
+      jnp.float32,
+      name="relpos_bias",
     )(length, length, bidirectional=True)
     # [batch, length] -> [batch, length, embed]
     x = self.shared_embedding(tokens)
@@ -378,12 +383,12 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      encoded: Array,
-      encoder_tokens: Array,
-      decoder_tokens: Array,
-      encoder_segment_ids: Array | None = None,
-      decoder_segment_ids: Array | None = None,
+    self,
+    encoded: Array,
+    encoder_tokens: Array,
+    decoder_tokens: Array,
+    encoder_segment_ids: Array | None = None,
+    decoder_segment_ids: Array | None = None,
   ) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
@@ -394,25 +399,29 @@ class Decoder(nn.Module):
       same = decoder_segment_ids[:, :, None] == decoder_segment_ids[:, None, :]
       self_mask = self_mask & same
     self_bias = _mask_bias(self_mask) + RelativePositionBiases(
-        cfg.relative_attention_num_buckets,
-        cfg.relative_attention_max_distance,
-        cfg.num_heads,
-        jnp.float32,
-        name="relpos_bias",
+      cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance,
+      cfg.num_heads,
+      jnp.float32,
+      name="relpos_bias",
     )(length, length, bidirectional=False)
     cross_bias = _mask_bias(
-        _key_mask(decoder_segment_ids, encoder_tokens, encoder_segment_ids)
+      _key_mask(decoder_segment_ids, encoder_tokens, encoder_segment_ids)
     )
     # [batch, dec_length] -> [batch, dec_length, embed]
     y = self.shared_embedding(decoder_tokens)
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias)
+      y = DecoderLayer(cfg, name=f"layers_{i}")(
+        y, encoded, self_bias, cross_bias
+      )
     y = LayerNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
     if cfg.logits_via_embedding:
       # Tied output layer: T5 1.0 rescales by 1/sqrt(emb_dim).
       logits = self.shared_embedding.attend(y) / np.sqrt(y.shape[-1])
     else:
-      logits = Dense(cfg.vocab_size, ("embed", "vocab"), dtype, name="logits_dense")(y)
+      logits = Dense(
+        cfg.vocab_size, ("embed", "vocab"), dtype, name="logits_dense"
+      )(y)
     # [batch, dec_length, vocab], float32 for a stable softmax downstream.
     return logits.astype(jnp.float32)
 
@@ -424,24 +433,26 @@ class T5(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, jnp.dtype(cfg.dtype))
+    self.token_embedder = Embed(
+      cfg.vocab_size, cfg.emb_dim, jnp.dtype(cfg.dtype)
+    )
     self.encoder = Encoder(cfg, self.token_embedder)
     if cfg.num_decoder_layers:
       self.decoder = Decoder(cfg, self.token_embedder)
 
   def encode(
-      self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None
+    self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None
   ) -> Array:
     """[batch, length] int32 (0 = padding) -> [batch, length, embed]."""
     return self.encoder(encoder_input_tokens, encoder_segment_ids)
 
   def decode(
-      self,
-      encoded: Array,
-      encoder_input_tokens: Array,
-      decoder_input_tokens: Array,
-      encoder_segment_ids: Array | None = None,
-      decoder_segment_ids: Array | None = None,
+    self,
+    encoded: Array,
+    encoder_input_tokens: Array,
+    decoder_input_tokens: Array,
+    encoder_segment_ids: Array | None = None,
+    decoder_segment_ids: Array | None = None,
   ) -> Array:
     """Decoder logits [batch, dec_length, vocab] given the encoder output.
 
@@ -449,15 +460,15 @@ class T5(nn.Module):
     only encoder tokens (and earlier decoder tokens) of its own segment.
     """
     return self.decoder(
-        encoded,
-        encoder_input_tokens,
-        decoder_input_tokens,
-        encoder_segment_ids,
-        decoder_segment_ids,
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      encoder_segment_ids,
+      decoder_segment_ids,
     )
 
   def __call__(
-      self, encoder_input_tokens: Array, decoder_input_tokens: Array
+    self, encoder_input_tokens: Array, decoder_input_tokens: Array
   ) -> Array:
     """Teacher-forced logits [batch, dec_length, vocab]."""
     encoded = self.encode(encoder_input_tokens)
@@ -473,10 +484,12 @@ class SentenceT5(nn.Module):
     cfg = self.config
     if cfg.projection_dim is None:
       raise ValueError("SentenceT5 needs a config with projection_dim set.")
-    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, jnp.dtype(cfg.dtype))
+    self.token_embedder = Embed(
+      cfg.vocab_size, cfg.emb_dim, jnp.dtype(cfg.dtype)
+    )
     self.encoder = Encoder(cfg, self.token_embedder)
     self.projection = Dense(
-        cfg.projection_dim, ("embed", "mlp"), jnp.dtype(cfg.dtype)
+      cfg.projection_dim, ("embed", "mlp"), jnp.dtype(cfg.dtype)
     )
 
   def __call__(self, tokens: Array) -> Array:
@@ -485,7 +498,7 @@ class SentenceT5(nn.Module):
     mask = (tokens > 0).astype(jnp.float32)[..., None]
     # Masked mean over the real tokens; an all-padding row pools to zeros.
     pooled = jnp.sum(encoded * mask, axis=1) / jnp.maximum(
-        jnp.sum(mask, axis=1), 1.0
+      jnp.sum(mask, axis=1), 1.0
     )
     projected = self.projection(pooled.astype(jnp.dtype(self.config.dtype)))
     projected = projected.astype(jnp.float32)

@@ -1,0 +1,101 @@
+"""SentencePiece tokenisation through `seqio.SentencePieceVocabulary`.
+
+SeqIO loads the model (local or gs:// paths, T5's normalisation settings), and
+batches are encoded by SentencePiece's own multi-threaded C++ batch encoder, so
+host tokenisation keeps far ahead of the device.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+# The vocabulary of T5 1.1, Flan-T5 and T5X's released checkpoints.
+DEFAULT_VOCAB = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+
+
+class Tokenizer:
+  """Batched SentencePiece encoder with T5's special ids (pad 0, EOS 1)."""
+
+  def __init__(self, path: str = DEFAULT_VOCAB, num_threads: int | None = None):
+    """Loads the SentencePiece model at `path`.
+
+    Args:
+      path: A SentencePiece `.model` file, local or gs://.
+      num_threads: Encoder threads; default all cores of this host.
+
+    Raises:
+      FileNotFoundError: if `path` does not exist or cannot be read.
+    """
+    import seqio  # Deferred: importing seqio (and TensorFlow) takes seconds.
+
+    self.path = path
+    self._vocab = seqio.SentencePieceVocabulary(path)
+    try:
+      self._sp = self._vocab.tokenizer
+    except Exception as e:  # seqio raises TF's NotFoundError, among others.
+      raise FileNotFoundError(
+        f"Cannot load the SentencePiece vocabulary {path!r} ({e}). Pass "
+        "--vocab with a readable .model file."
+      ) from e
+    self.num_threads = num_threads or os.cpu_count() or 1
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  @property
+  def pad_id(self) -> int:
+    return self._vocab.pad_id
+
+  @property
+  def eos_id(self) -> int:
+    return self._vocab.eos_id
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text (no EOS appended)."""
+    return self._sp.encode(list(texts), num_threads=self.num_threads)
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._sp.decode(list(ids))
+
+  def pieces(self, text: str) -> list[str]:
+    return self._sp.encode(text, out_type=str)
+
+
+def train_vocab(
+  texts: Sequence[str],
+  path: str,
+  vocab_size: int = 2000,
+  whole_words: Sequence[str] = ("yes", "no"),
+) -> str:
+  """Trains a small SentencePiece model with T5's special ids on `texts`.
+
+  Only for demos and tests, where T5's own vocabulary cannot be fetched: the
+  ids mean nothing to a released checkpoint. Pad is 0, EOS 1, UNK 2 as in T5.
+  Each of `whole_words` is forced to be one piece ("▁yes"), as the Ask-LLM
+  answers are in T5's vocabulary.
+
+  Returns:
+    `path`, the written `.model` file.
+  """
+  import sentencepiece as spm
+
+  with open(path, "wb") as f:
+    spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(texts),
+      model_writer=f,
+      vocab_size=vocab_size,
+      hard_vocab_limit=False,
+      model_type="unigram",
+      pad_id=0,
+      eos_id=1,
+      unk_id=2,
+      bos_id=-1,
+      user_defined_symbols=["\u2581" + w for w in whole_words],
+      minloglevel=2,
+    )
+  return path
