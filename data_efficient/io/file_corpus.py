@@ -1,0 +1,415 @@
+"""JSON Lines and plain-text corpora: local paths, or gs:// via tf.io.gfile.
+
+Ids are stable across machines and runs: the id field where one is given,
+else `<path relative to the corpus root>:<line>` (1-based), or the relative
+path alone for one-document-per-file text. The corpus root is the directory
+given, the directory part of a glob before its first wildcard, or the
+directory holding a single file (so a single file's ids use its basename).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import glob
+import gzip
+import json
+import os
+import posixpath
+import zlib
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from data_efficient.io import records as records_lib
+from data_efficient.io.records import InputError, Record
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+TEXT_SUFFIXES = (".txt", ".txt.gz")
+SHARE_MODES = ("auto", "files", "records")
+
+_GLOB_CHARS = "*?["
+_MISSING = object()
+_JSON_TYPES = {
+  dict: "object",
+  list: "array",
+  str: "string",
+  int: "number",
+  float: "number",
+  bool: "boolean",
+  type(None): "null",
+}
+# Errors that mean "this file cannot be read any further" (I/O, truncated or
+# corrupt gzip).
+_READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
+def _gfile():
+  import tensorflow as tf  # Lazy: ~8 s to import, needed for gs:// only.
+
+  return tf.io.gfile
+
+
+def _is_supported(path: str) -> bool:
+  return path.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES)
+
+
+def _list_tree(root: str) -> list[str]:
+  """Every file under directory `root`, as paths relative to it."""
+  if _is_remote(root):
+    found = []
+    for dirpath, _, filenames in _gfile().walk(root):
+      rel_dir = dirpath[len(root) :].strip("/")
+      found += [posixpath.join(rel_dir, f) for f in filenames]
+    return found
+  found = []
+  for dirpath, _, filenames in os.walk(root):
+    rel_dir = os.path.relpath(dirpath, root)
+    for f in filenames:
+      rel = f if rel_dir == "." else os.path.join(rel_dir, f)
+      found.append(rel.replace(os.sep, "/"))
+  return found
+
+
+def resolve_files(spec: str) -> tuple[str, list[str]]:
+  """Resolves a file, directory or glob into (root, sorted relative paths).
+
+  Args:
+    spec: A .jsonl/.jsonl.gz/.json/.json.gz/.txt/.txt.gz file, a directory
+      (searched recursively for such files), or a glob of them.
+
+  Returns:
+    The corpus root and the supported files under it, relative to it, sorted.
+
+  Raises:
+    InputError: if nothing supported is found.
+  """
+  remote = _is_remote(spec)
+  exists = _gfile().exists if remote else os.path.exists
+  isdir = _gfile().isdir if remote else os.path.isdir
+  formats = ", ".join(JSONL_SUFFIXES + TEXT_SUFFIXES)
+  if any(c in spec for c in _GLOB_CHARS):
+    prefix = spec[: min(spec.find(c) for c in _GLOB_CHARS if c in spec)]
+    root = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+    matches = _gfile().glob(spec) if remote else glob.glob(spec, recursive=True)
+    rels = [m[len(root) + 1 :] if root else m for m in matches]
+    # (Object stores have no directories: skip one request per file there.)
+    rels = [
+      r
+      for r in rels
+      if _is_supported(r) and (remote or not isdir(_join(root, r)))
+    ]
+    root = root or "."
+  elif isdir(spec):
+    root = spec.rstrip("/") or "/"
+    rels = [r for r in _list_tree(root) if _is_supported(r)]
+  elif exists(spec):
+    if not _is_supported(spec):
+      raise InputError(
+        f"{spec}: unsupported file type; use one of {formats} (JSON Lines "
+        "or one document per line)."
+      )
+    root, name = posixpath.split(spec) if remote else os.path.split(spec)
+    return root or ".", [name]
+  else:
+    raise InputError(
+      f"{spec}: no such file or directory; check the path (a file, a "
+      f"directory, or a glob of {formats} files)."
+    )
+  if not rels:
+    raise InputError(
+      f"{spec}: no {formats} files found; check the path or the glob."
+    )
+  return root, sorted(rels)
+
+
+def _join(root: str, rel: str) -> str:
+  return posixpath.join(root, rel) if root else rel
+
+
+@contextlib.contextmanager
+def _open_binary(path: str) -> Iterator[BinaryIO]:
+  with contextlib.ExitStack() as stack:
+    if _is_remote(path):
+      f = stack.enter_context(_gfile().GFile(path, "rb"))
+    else:
+      f = stack.enter_context(open(path, "rb", buffering=1 << 20))
+    if path.endswith(".gz"):
+      f = stack.enter_context(gzip.GzipFile(fileobj=f, mode="rb"))
+    yield f
+
+
+def _json_type(value: Any) -> str:
+  return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+class FileCorpus(records_lib.Corpus):
+  """A corpus of JSON Lines and/or plain-text files (see `open_corpus`)."""
+
+  def __init__(
+    self,
+    spec: str,
+    options: records_lib.Options,
+    *,
+    one_doc_per_file: bool = False,
+    share: str = "auto",
+  ):
+    super().__init__()
+    if share not in SHARE_MODES:
+      raise ValueError(f"share={share!r}: use one of {SHARE_MODES}.")
+    self._spec = spec
+    self._options = options
+    self._one_doc_per_file = one_doc_per_file
+    self._share = share
+    self._root, self._files = resolve_files(spec)
+
+  @property
+  def files(self) -> list[str]:
+    """The corpus files, relative to the root, in reading order."""
+    return list(self._files)
+
+  def share_mode(self, process_count: int) -> str:
+    """'files' (round-robin files) or 'records' (round-robin records).
+
+    'auto' splits by files when there are at least as many files as
+    processes (each process reads only its own files), else by records (each
+    process reads every file but parses only its own records).
+
+    Args:
+      process_count: Number of processes splitting the corpus.
+    """
+    if self._share != "auto":
+      return self._share
+    return "files" if len(self._files) >= process_count else "records"
+
+  def describe(self) -> dict[str, Any]:
+    """Provenance: root, files (relative, sorted) with sizes, and settings."""
+    if _is_remote(self._root):
+      size = lambda p: _gfile().stat(p).length  # noqa: E731
+      root = self._root
+    else:
+      size = os.path.getsize
+      root = os.path.abspath(self._root)
+    return {
+      "kind": "files",
+      "spec": self._spec,
+      "root": root,
+      "files": list(self._files),
+      "file_sizes": [size(_join(self._root, f)) for f in self._files],
+      "one_doc_per_file": self._one_doc_per_file,
+      "share": self._share,
+      **self._options.to_dict(),
+    }
+
+  def records(
+    self, process_index: int = 0, process_count: int = 1, start: int = 0
+  ) -> Iterator[Record]:
+    """See `Corpus.records`; the share is split as `share_mode` says."""
+    records_lib.check_share(process_index, process_count, start)
+    self._stats = collections.Counter()
+    checker = records_lib.RecordChecker(
+      self._options,
+      self._stats,
+      ids_are_unique=self._options.id_field is None,
+    )
+    return self._records(checker, process_index, process_count, start)
+
+  def _records(
+    self,
+    checker: records_lib.RecordChecker,
+    process_index: int,
+    process_count: int,
+    start: int,
+  ) -> Iterator[Record]:
+    by_files = self.share_mode(process_count) == "files"
+    files = (
+      self._files[process_index::process_count] if by_files else self._files
+    )
+    corpus_index = 0  # Position in the whole corpus (split by records).
+    share_index = 0  # Position in this process's share.
+    for rel in files:
+      for line, raw in self._raw_records(rel):
+        if not by_files:
+          corpus_index += 1
+          if (corpus_index - 1) % process_count != process_index:
+            continue
+        share_index += 1
+        if share_index <= start:
+          self._stats["skipped"] += 1
+          # Ids of skipped records still enter the duplicate set, so a resumed
+          # run marks exactly what an uninterrupted one would.
+          if checker.needs_all_ids:
+            self._build(checker, rel, line, raw, count=False)
+          continue
+        yield self._build(checker, rel, line, raw)
+
+  def _raw_records(
+    self, rel: str
+  ) -> Iterator[tuple[int | None, bytes | BaseException]]:
+    """Yields (line, raw bytes) of a file; (line, error) if reading fails.
+
+    `line` is None for a whole-file document. A read error ends the file.
+    """
+    whole_file = self._one_doc_per_file and rel.endswith(TEXT_SUFFIXES)
+    line = 0
+    try:
+      with _open_binary(_join(self._root, rel)) as f:
+        if whole_file:
+          yield None, f.read()
+          return
+        for line, raw in enumerate(f, 1):  # noqa: B007
+          yield line, raw
+    except _READ_ERRORS as e:
+      yield (None if whole_file else line + 1), e
+
+  def _build(
+    self,
+    checker: records_lib.RecordChecker,
+    rel: str,
+    line: int | None,
+    raw: bytes | BaseException,
+    *,
+    count: bool = True,
+  ) -> Record:
+    """Decodes and checks one raw record of file `rel`."""
+    path = _join(self._root, rel)
+    where = path if line is None else f"{path}:{line}"
+    positional_id = rel if line is None else f"{rel}:{line}"
+    problems: list[str] = []
+    if isinstance(raw, BaseException):
+      checker.problem(
+        problems,
+        records_lib.READ_ERROR,
+        where,
+        f"cannot read the file from here on: {raw!r}",
+        "Repair or re-download the file",
+      )
+      return checker.finish(
+        positional_id,
+        "",
+        rel,
+        problems,
+        where,
+        readable=False,
+        count=count,
+      )
+    if line is not None:
+      raw = raw[:-1] if raw.endswith(b"\n") else raw
+      raw = raw[:-1] if raw.endswith(b"\r") else raw
+    text = checker.decode(raw, problems, where)
+    if line == 1:
+      text = text.removeprefix("\ufeff")  # Byte order mark.
+    if rel.endswith(TEXT_SUFFIXES):
+      return checker.finish(
+        positional_id, text, rel, problems, where, count=count
+      )
+    return self._build_json(
+      checker, text, positional_id, rel, problems, where, count
+    )
+
+  def _build_json(
+    self,
+    checker: records_lib.RecordChecker,
+    line_text: str,
+    positional_id: str,
+    rel: str,
+    problems: list[str],
+    where: str,
+    count: bool,
+  ) -> Record:
+    """Parses one JSON Lines line into a checked record."""
+    opts = self._options
+    if not line_text.strip():  # A blank line: an empty document.
+      return checker.finish(
+        positional_id, "", rel, problems, where, count=count
+      )
+    try:
+      obj = json.loads(line_text)
+    except json.JSONDecodeError as e:
+      obj = _MISSING
+      detail = f"malformed JSON: {e.msg} at column {e.colno}"
+    except RecursionError:
+      obj = _MISSING
+      detail = "malformed JSON: nested too deeply"
+    else:
+      detail = f"a JSON {_json_type(obj)} where an object was expected"
+    if not isinstance(obj, dict):
+      checker.problem(
+        problems,
+        records_lib.MALFORMED_JSON,
+        where,
+        detail,
+        "Make each line one JSON object",
+      )
+      return checker.finish(
+        positional_id,
+        "",
+        rel,
+        problems,
+        where,
+        readable=False,
+        count=count,
+      )
+
+    record_id = positional_id
+    if opts.id_field is not None:
+      value = obj.get(opts.id_field, _MISSING)
+      if value is _MISSING or value == "":
+        checker.problem(
+          problems,
+          records_lib.MISSING_FIELD,
+          where,
+          f"no id field {opts.id_field!r} (fields: {sorted(obj)[:20]})",
+          "Set id_field to the field that holds the id",
+        )
+      elif isinstance(value, bool) or not isinstance(value, str | int):
+        checker.problem(
+          problems,
+          records_lib.NOT_A_STRING,
+          where,
+          f"id field {opts.id_field!r} is a JSON {_json_type(value)}, not a "
+          "string or integer",
+          "Make the id a string",
+        )
+      else:
+        record_id = str(value)
+
+    source = rel
+    if opts.source_field is not None:
+      value = obj.get(opts.source_field)
+      if isinstance(value, str) and value:
+        source = value
+
+    text = obj.get(opts.text_field, _MISSING)
+    readable = True
+    if text is _MISSING:
+      checker.problem(
+        problems,
+        records_lib.MISSING_FIELD,
+        where,
+        f"no text field {opts.text_field!r} (fields: {sorted(obj)[:20]})",
+        "Set text_field to the field that holds the text",
+      )
+      text, readable = "", False
+    elif not isinstance(text, str):
+      checker.problem(
+        problems,
+        records_lib.NOT_A_STRING,
+        where,
+        f"text field {opts.text_field!r} is a JSON {_json_type(text)}, not "
+        "a string",
+        "Make the text a string",
+      )
+      text, readable = "", False
+    return checker.finish(
+      record_id,
+      text,
+      source,
+      problems,
+      where,
+      readable=readable,
+      count=count,
+    )

@@ -1,0 +1,308 @@
+"""Records, input errors, and the checks every corpus reader shares.
+
+A reader turns raw input into `(id, text)` pairs; `RecordChecker` applies the
+same validation to all of them, so JSONL, text and TFDS corpora report the
+same problem categories under the same `on_error` policy:
+
+* 'raise': the first real problem raises `InputError` naming where it is and
+  how to fix it.
+* 'mark': the record is still yielded, with `Record.problem` set (and empty
+  text where nothing could be read), so downstream stages write a row for it
+  and summaries count it.
+
+Empty or whitespace-only text, and truncation by `max_chars`, are never
+errors: the record is marked under both policies.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import dataclasses
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from data_efficient.io import id_set
+
+# Problem categories (values of `Record.problem`, keys of `Corpus.stats`).
+EMPTY = "empty"
+WHITESPACE = "whitespace"
+TOO_LONG = "too_long"
+INVALID_UTF8 = "invalid_utf8"
+NUL_BYTES = "nul_bytes"
+MALFORMED_JSON = "malformed_json"
+MISSING_FIELD = "missing_field"
+NOT_A_STRING = "not_a_string"
+DUPLICATE_ID = "duplicate_id"
+READ_ERROR = "read_error"
+
+# Marked but never raised: the input is readable, just not useful (or was
+# truncated on request).
+NEVER_RAISED = frozenset({EMPTY, WHITESPACE, TOO_LONG})
+
+ON_ERROR_POLICIES = ("raise", "mark")
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+_FIX_HINT = "or pass on_error='mark' to keep it as a marked record"
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """One example of a corpus.
+
+  Attributes:
+    id: Stable identifier: the id field, the TFDS `url`, or
+      `<relative path>:<line>` (1-based).
+    text: The document ('' where nothing could be read).
+    problem: None for a clean record, else the problem categories found,
+      comma-separated in detection order (e.g. 'empty', or
+      'invalid_utf8,too_long').
+    source: Where it came from: the file's relative path, the value of
+      `source_field`, or the TFDS split.
+  """
+
+  id: str
+  text: str
+  problem: str | None = None
+  source: str | None = None
+
+  @property
+  def problems(self) -> tuple[str, ...]:
+    """The problem categories as a tuple (empty for a clean record)."""
+    return tuple(self.problem.split(",")) if self.problem else ()
+
+
+class InputError(ValueError):
+  """A problem with the input corpus; the message says where and how to fix."""
+
+
+class Corpus(abc.ABC):
+  """A corpus that each of several processes reads a disjoint share of."""
+
+  def __init__(self) -> None:
+    self._stats: collections.Counter[str] = collections.Counter()
+
+  @property
+  def stats(self) -> collections.Counter[str]:
+    """Counts from the latest `records()` iteration.
+
+    'records': records yielded; 'skipped': records passed over by `start`;
+    one key per problem category (each category of a record counted once).
+    Reset when `records()` is called again.
+    """
+    return self._stats
+
+  @abc.abstractmethod
+  def describe(self) -> dict[str, Any]:
+    """JSON-able provenance for manifests (kind, files or TFDS name, ...)."""
+
+  @abc.abstractmethod
+  def records(
+    self, process_index: int = 0, process_count: int = 1, start: int = 0
+  ) -> Iterator[Record]:
+    """Yields this process's share of the records, in a deterministic order.
+
+    The shares of processes `0 .. process_count - 1` are disjoint and together
+    hold every record exactly once.
+
+    Args:
+      process_index: This process, in `[0, process_count)`.
+      process_count: Number of processes splitting the corpus.
+      start: Number of records at the beginning of this share to skip (the
+        resume point); the records yielded equal `list(share)[start:]`,
+        problem marks included.
+    """
+
+
+def check_share(process_index: int, process_count: int, start: int) -> None:
+  """Validates the arguments of `Corpus.records`."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(
+      f"process_index={process_index} must be in [0, process_count) with "
+      f"process_count={process_count} >= 1."
+    )
+  if start < 0:
+    raise ValueError(f"start={start} must be >= 0.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """Reader settings shared by every corpus kind (see `open_corpus`)."""
+
+  text_field: str = "text"
+  id_field: str | None = None
+  source_field: str | None = None
+  on_error: str = "raise"
+  max_chars: int | None = None
+  check_duplicates: bool = True
+
+  def __post_init__(self):
+    if self.on_error not in ON_ERROR_POLICIES:
+      raise ValueError(
+        f"on_error={self.on_error!r}: use one of {ON_ERROR_POLICIES}."
+      )
+    if self.max_chars is not None and self.max_chars < 1:
+      raise ValueError(f"max_chars={self.max_chars} must be >= 1 or None.")
+
+  def to_dict(self) -> dict[str, Any]:
+    """The settings as a JSON-able dict, for provenance."""
+    return dataclasses.asdict(self)
+
+
+def _has_surrogates(s: str) -> bool:
+  """Whether `s` holds lone surrogates (JSON '\\ud800'), not valid UTF-8."""
+  if s.isascii():
+    return False
+  try:
+    s.encode("utf-8")
+  except UnicodeEncodeError:
+    return True
+  return False
+
+
+def _replace_surrogates(s: str) -> str:
+  return _SURROGATES.sub("\ufffd", s)
+
+
+class RecordChecker:
+  """Validates records of one `records()` iteration and counts problems.
+
+  Holds the per-iteration state: the duplicate-id set and the stats counter.
+  Duplicates are found within one process's share only; duplicates across
+  processes are found when the shards are merged downstream.
+  """
+
+  def __init__(
+    self,
+    options: Options,
+    stats: collections.Counter[str],
+    *,
+    ids_are_unique: bool,
+  ):
+    """Creates a checker.
+
+    Args:
+      options: Reader settings.
+      stats: Counter to update (the corpus's `stats`).
+      ids_are_unique: True where ids are unique by construction (`path:line`),
+        so the duplicate check is skipped.
+    """
+    self.options = options
+    self._stats = stats
+    self._ids = (
+      id_set.IdHashSet()
+      if options.check_duplicates and not ids_are_unique
+      else None
+    )
+
+  @property
+  def needs_all_ids(self) -> bool:
+    """Whether skipped records must still be checked to see their ids."""
+    return self._ids is not None
+
+  def problem(
+    self, problems: list[str], kind: str, where: str, detail: str, fix: str
+  ) -> None:
+    """Raises `InputError` under 'raise', else records `kind` in `problems`.
+
+    Args:
+      problems: The record's problem list, appended to under 'mark'.
+      kind: Problem category.
+      where: Location, e.g. 'data/a.jsonl:12'.
+      detail: What is wrong.
+      fix: How to fix it (the 'mark' alternative is appended).
+    """
+    if self.options.on_error == "raise" and kind not in NEVER_RAISED:
+      raise InputError(f"{where}: {detail} ({kind}). {fix}, {_FIX_HINT}.")
+    problems.append(kind)
+
+  def decode(self, raw: bytes, problems: list[str], where: str) -> str:
+    """Decodes UTF-8; under 'mark', invalid bytes become U+FFFD."""
+    try:
+      return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      self.problem(
+        problems,
+        INVALID_UTF8,
+        where,
+        f"invalid UTF-8 at byte {e.start} ({raw[e.start : e.start + 4]!r})",
+        "Re-encode the input as UTF-8",
+      )
+      return raw.decode("utf-8", "replace")
+
+  def finish(
+    self,
+    record_id: str,
+    text: str,
+    source: str | None,
+    problems: list[str],
+    where: str,
+    *,
+    readable: bool = True,
+    count: bool = True,
+  ) -> Record:
+    """Applies the content checks and returns the record.
+
+    Args:
+      record_id: The record's id.
+      text: Its decoded text.
+      source: Its source.
+      problems: Problems found while reading it (modified).
+      where: Its location, for error messages.
+      readable: False where the text could not be read at all (it is then ''
+        but not marked 'empty').
+      count: Whether to count it in the stats (False for records skipped by
+        `start`, which are checked only to keep the duplicate set exact).
+
+    Returns:
+      The record, with `problem` set where any were found.
+
+    Raises:
+      InputError: under 'raise', for invalid text, NUL bytes or a duplicate id.
+    """
+    if _has_surrogates(record_id) or _has_surrogates(text):
+      self.problem(
+        problems,
+        INVALID_UTF8,
+        where,
+        "lone UTF-16 surrogate escape (e.g. '\\ud800'), not valid UTF-8",
+        "Fix the escape sequences",
+      )
+      record_id = _replace_surrogates(record_id)
+      text = _replace_surrogates(text)
+    if "\x00" in text:
+      self.problem(
+        problems,
+        NUL_BYTES,
+        where,
+        f"NUL byte in the text at character {text.index(chr(0))}",
+        "Remove NUL bytes from the input",
+      )
+    if self._ids is not None and self._ids.add(record_id):
+      self.problem(
+        problems,
+        DUPLICATE_ID,
+        where,
+        f"id {record_id[:200]!r} was already seen in this process's share",
+        "Make ids unique (or leave id_field unset to use path:line ids)",
+      )
+    if readable:
+      if not text:
+        problems.append(EMPTY)
+      elif text.isspace():
+        problems.append(WHITESPACE)
+    max_chars = self.options.max_chars
+    if max_chars is not None and len(text) > max_chars:
+      text = text[:max_chars]
+      problems.append(TOO_LONG)
+    if count:
+      self._stats["records"] += 1
+      self._stats.update(problems)
+    return Record(
+      id=record_id,
+      text=text,
+      problem=",".join(problems) if problems else None,
+      source=source,
+    )

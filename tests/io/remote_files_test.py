@@ -1,0 +1,34 @@
+"""Tests for reading through tf.io.gfile (the gs:// path), via file:// URLs."""
+
+import gzip
+import json
+
+import pytest
+
+from data_efficient.io.corpus import open_corpus
+
+pytest.importorskip("tensorflow")
+
+
+@pytest.fixture
+def url(tmp_path):
+  (tmp_path / "a.jsonl").write_text(
+    json.dumps({"text": "x"}) + "\n" + json.dumps({"text": "y"}) + "\n"
+  )
+  (tmp_path / "sub").mkdir()
+  (tmp_path / "sub" / "b.txt.gz").write_bytes(gzip.compress(b"l1\n\xff\n"))
+  return f"file://{tmp_path}"
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/*/*.gz"])
+def test_gfile_paths_read_like_local_ones(url, suffix):
+  spec = url + suffix
+  corpus = open_corpus(spec, on_error="mark")
+  records = list(corpus.records())
+  local = open_corpus(spec.removeprefix("file://"), on_error="mark")
+  assert records == list(local.records())
+  assert records[-1].id == "sub/b.txt.gz:2"
+  assert records[-1].problem == "invalid_utf8"
+  description = corpus.describe()
+  assert description["root"].startswith("file://")
+  assert description["file_sizes"][-1] == len(gzip.compress(b"l1\n\xff\n"))

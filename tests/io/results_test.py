@@ -1,0 +1,272 @@
+"""Tests for sharded, resumable result output."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from data_efficient.io import results
+from data_efficient.io.results import (
+  OutputError,
+  ResultWriter,
+  iter_results,
+  read_manifest,
+  read_results,
+  write_manifest,
+)
+
+SCHEMA = pa.schema(
+  [
+    ("id", pa.string()),
+    ("score", pa.float32()),
+    ("problem", pa.string()),
+    ("vec", pa.list_(pa.float32(), 3)),
+  ]
+)
+CONFIG = {"model": "flan_t5_xl", "seed": 0, "corpus": {"files": ["a.jsonl"]}}
+
+
+def _rows(n, offset=0):
+  """`n` rows as a column dict; values depend only on the row index."""
+  index = np.arange(offset, offset + n)
+  return {
+    "id": [f"doc.jsonl:{i}" for i in index],
+    "score": (index / 7).astype(np.float32),
+    "problem": [None if i % 5 else "empty" for i in index],
+    "vec": np.stack([index, -index, index * 0.5], axis=1).astype(np.float32),
+  }
+
+
+def _write_all(writer, start, stop, batch):
+  for first in range(start, stop, batch):
+    writer.write(_rows(min(batch, stop - first), first))
+
+
+def _shard_bytes(directory):
+  return {
+    name: open(os.path.join(directory, name), "rb").read()
+    for name in sorted(os.listdir(directory))
+    if name.endswith(".parquet") or name.startswith("done-")
+  }
+
+
+def test_round_trip_with_several_processes(tmp_path):
+  out = str(tmp_path / "scores")
+  sizes = [23, 9, 0]  # Rows per process; the last has none.
+  offsets = [0, 23, 32]
+  for process, (size, offset) in enumerate(zip(sizes, offsets, strict=True)):
+    writer = ResultWriter(
+      out,
+      SCHEMA,
+      process_index=process,
+      process_count=3,
+      rows_per_shard=7,
+      run_config=CONFIG,
+    )
+    assert writer.rows_done == 0
+    _write_all(writer, offset, offset + size, 5)
+    assert writer.close() == size
+  manifest = write_manifest(out, {"code_version": "abc", "corpus": CONFIG})
+  assert manifest == read_manifest(out)
+  assert manifest["num_rows"] == 32
+  assert manifest["code_version"] == "abc"
+  assert [s["num_rows"] for s in manifest["shards"]] == [7, 7, 7, 2, 7, 2, 0]
+  assert manifest["shards"][4]["file"] == "part-00001-of-00003-000000.parquet"
+
+  table = read_results(out)
+  assert table.schema == SCHEMA
+  expected = _rows(32)
+  assert table.column("id").to_pylist() == expected["id"]
+  assert table.column("problem").to_pylist() == expected["problem"]
+  np.testing.assert_array_equal(table.column("score"), expected["score"])
+  np.testing.assert_array_equal(
+    np.stack(table.column("vec").to_numpy(zero_copy_only=False)),
+    expected["vec"],
+  )
+  assert read_results(out, columns=["id"]).column_names == ["id"]
+  batches = list(iter_results(out, columns=["id", "score"], batch_rows=4))
+  assert max(b.num_rows for b in batches) == 4
+  assert (
+    pa.Table.from_batches(batches).to_pydict()
+    == read_results(out, columns=["id", "score"]).to_pydict()
+  )
+  with pytest.raises(ValueError, match=r"no columns \['nope'\]"):
+    read_results(out, columns=["nope"])
+
+
+def test_resume_after_a_kill_writes_identical_bytes(tmp_path):
+  total, rows_per_shard = 40, 7
+  uninterrupted = str(tmp_path / "uninterrupted")
+  writer = ResultWriter(
+    uninterrupted, SCHEMA, rows_per_shard=rows_per_shard, run_config=CONFIG
+  )
+  _write_all(writer, 0, total, 5)
+  writer.close()
+  write_manifest(uninterrupted, {"run": 1})
+
+  resumed = str(tmp_path / "resumed")
+  writer = ResultWriter(
+    resumed, SCHEMA, rows_per_shard=rows_per_shard, run_config=CONFIG
+  )
+  _write_all(writer, 0, 18, 6)  # Two whole shards; 4 rows still buffered.
+  del writer  # Killed: the buffered rows are lost...
+  half_written = os.path.join(resumed, results.shard_name(0, 1, 2) + ".tmp")
+  with open(half_written, "wb") as f:  # ...while writing the next shard.
+    f.write(b"PAR1\x00 half a shard")
+  with pytest.raises(OutputError, match="incomplete"):
+    read_results(resumed)
+
+  writer = ResultWriter(
+    resumed, SCHEMA, rows_per_shard=rows_per_shard, run_config=CONFIG
+  )
+  assert writer.rows_done == 14
+  assert not os.path.exists(half_written)
+  _write_all(writer, writer.rows_done, total, 3)  # Other batch sizes.
+  assert writer.close() == total
+  write_manifest(resumed, {"run": 1})
+
+  expected = _shard_bytes(uninterrupted)
+  assert len(expected) == 7  # Six shards (7 * 5 + 5) and the done record.
+  assert _shard_bytes(resumed) == expected
+  assert read_manifest(resumed) == read_manifest(uninterrupted)
+
+  # Rerunning a finished process writes nothing new and changes nothing.
+  writer = ResultWriter(
+    resumed, SCHEMA, rows_per_shard=rows_per_shard, run_config=CONFIG
+  )
+  assert writer.rows_done == total
+  writer.write(_rows(0))
+  assert writer.close() == total
+  assert _shard_bytes(resumed) == expected
+  with pytest.raises(OutputError, match="already finished with 40 rows"):
+    ResultWriter(
+      resumed, SCHEMA, rows_per_shard=rows_per_shard, run_config=CONFIG
+    ).write(_rows(1))
+
+
+def test_manifestless_directory_is_refused(tmp_path):
+  out = str(tmp_path / "out")
+  writer = ResultWriter(out, SCHEMA, rows_per_shard=4, run_config=CONFIG)
+  writer.write(_rows(9))
+  writer.close()
+  for read in (read_results, read_manifest, lambda d: list(iter_results(d))):
+    with pytest.raises(OutputError, match=f"{out}: no manifest.json.*rerun"):
+      read(out)
+  with pytest.raises(OutputError, match="no such results directory"):
+    read_results(str(tmp_path / "missing"))
+
+
+def test_corrupted_or_inconsistent_manifest_is_refused(tmp_path):
+  out = str(tmp_path / "out")
+  writer = ResultWriter(out, SCHEMA, rows_per_shard=4, run_config=CONFIG)
+  writer.write(_rows(9))
+  writer.close()
+  manifest = write_manifest(out, {})
+  path = os.path.join(out, results.MANIFEST)
+  with open(path, "w") as f:
+    f.write('{"num_rows": 9, "shards": [')
+  with pytest.raises(OutputError, match="corrupted manifest"):
+    read_results(out)
+  manifest["num_rows"] = 10
+  with open(path, "w") as f:
+    json.dump(manifest, f)
+  with pytest.raises(OutputError, match="9 rows, the manifest says 10"):
+    read_results(out)
+  with pytest.raises(OutputError, match="9 rows, the manifest says 10"):
+    list(iter_results(out))
+  manifest["num_rows"] = 9
+  with open(path, "w") as f:
+    json.dump(manifest, f)
+  os.remove(os.path.join(out, results.shard_name(0, 1, 1)))
+  with pytest.raises(
+    OutputError, match="000001.parquet: listed in the manifest"
+  ):
+    read_results(out)
+
+
+def test_manifest_waits_for_every_process(tmp_path):
+  out = str(tmp_path / "out")
+  for process in range(2):
+    writer = ResultWriter(
+      out,
+      SCHEMA,
+      process_index=process,
+      process_count=2,
+      run_config=CONFIG,
+    )
+    writer.write(_rows(3))
+  writer.close()  # Only process 1 finished.
+  with pytest.raises(OutputError, match="process 0 of 2 has not finished"):
+    write_manifest(out, {})
+  assert not os.path.exists(os.path.join(out, results.MANIFEST))
+
+
+def test_run_config_mismatch_names_the_keys(tmp_path):
+  out = str(tmp_path / "out")
+  ResultWriter(out, SCHEMA, run_config=CONFIG).close()
+  changed = dict(CONFIG, model="flan_t5_small")
+  with pytest.raises(OutputError) as error:
+    ResultWriter(out, SCHEMA, run_config=changed)
+  message = str(error.value)
+  assert message.startswith(f"{out}: holds results of a run with other")
+  assert 'run_config.model: "flan_t5_xl" -> "flan_t5_small"' in message
+  assert "seed" not in message
+  with pytest.raises(OutputError, match=r"writer\.rows_per_shard: 50000 -> 10"):
+    ResultWriter(out, SCHEMA, rows_per_shard=10, run_config=CONFIG)
+  with pytest.raises(OutputError, match=r"writer\.process_count: 1 -> 2"):
+    ResultWriter(out, SCHEMA, process_count=2, run_config=CONFIG)
+  with pytest.raises(OutputError, match=r"writer\.schema"):
+    ResultWriter(out, pa.schema([("id", pa.string())]), run_config=CONFIG)
+  ResultWriter(out, SCHEMA, run_config=dict(CONFIG))  # Equal: resumes.
+
+
+def test_unwritable_output_dir_is_a_clear_error(tmp_path):
+  regular_file = tmp_path / "file"
+  regular_file.write_text("x")
+  for out in (str(regular_file / "out"), str(regular_file)):
+    with pytest.raises(OutputError, match=f"{out}: cannot write"):
+      ResultWriter(out, SCHEMA, run_config=CONFIG)
+  with pytest.raises(OutputError, match="must be a local directory"):
+    ResultWriter("gs://bucket/out", SCHEMA, run_config=CONFIG)
+
+
+def test_bad_batches_and_arguments(tmp_path):
+  writer = ResultWriter(str(tmp_path), SCHEMA, run_config=CONFIG)
+  rows = _rows(2)
+  with pytest.raises(ValueError, match=r"missing \['vec'\]"):
+    writer.write({k: v for k, v in rows.items() if k != "vec"})
+  with pytest.raises(ValueError, match="differ in length"):
+    writer.write(dict(rows, id=["only one"]))
+  with pytest.raises(ValueError, match="column 'score'"):
+    writer.write(dict(rows, score=["a", "b"]))
+  with pytest.raises(ValueError, match="width 2"):
+    writer.write(dict(rows, vec=np.zeros((2, 2), np.float32)))
+  with pytest.raises(ValueError, match="JSON-serializable"):
+    ResultWriter(str(tmp_path / "x"), SCHEMA, run_config={"f": object()})
+  with pytest.raises(ValueError, match="process_index=1"):
+    ResultWriter(str(tmp_path), SCHEMA, process_index=1, run_config=CONFIG)
+
+
+def test_gap_in_shards_is_refused(tmp_path):
+  out = str(tmp_path)
+  writer = ResultWriter(out, SCHEMA, rows_per_shard=2, run_config=CONFIG)
+  writer.write(_rows(6))
+  os.remove(os.path.join(out, results.shard_name(0, 1, 1)))
+  with pytest.raises(OutputError, match="shard 1 of process 0 is missing"):
+    ResultWriter(out, SCHEMA, rows_per_shard=2, run_config=CONFIG)
+
+
+def test_json_side_files_are_atomic_and_checked(tmp_path):
+  results.write_json(tmp_path, "done-00000.json", {"rows": 3, "t": (1, 2)})
+  assert results.read_json(tmp_path, "done-00000.json") == {
+    "rows": 3,
+    "t": [1, 2],
+  }
+  assert sorted(os.listdir(tmp_path)) == ["done-00000.json"]  # No temp file.
+  with pytest.raises(OutputError, match="done-00001.json: missing"):
+    results.read_json(tmp_path, "done-00001.json")
+  (tmp_path / "bad.json").write_text("{")
+  with pytest.raises(OutputError, match="bad.json: corrupted"):
+    results.read_json(tmp_path, "bad.json")
