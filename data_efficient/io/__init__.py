@@ -1,7 +1,8 @@
 """Corpus readers with stable ids; sharded, resumable result output.
 
 Reading: `open_corpus(spec)` gives a `Corpus` whose `records()` yields each
-process's disjoint share of `Record(id, text, problem, source)`.
+process's disjoint share of `Record(id, text, problem, source, block)`, in
+whole blocks that do not depend on the process count.
 Writing: one `ResultWriter` per process writes Parquet shards; one process
 then calls `write_manifest`; `read_results` / `iter_results` read them back.
 """

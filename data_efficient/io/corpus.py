@@ -3,8 +3,11 @@
 Usage:
 
   corpus = open_corpus("data/*.jsonl.gz", id_field="url", on_error="mark")
-  for record in corpus.records(process_index, process_count, start=resume):
-    ...
+  records = corpus.records(
+    process_index, process_count, start=resume, block_size=chunk_size
+  )
+  for _, block in itertools.groupby(records, key=lambda r: r.block):
+    ...  # One whole block, the same whatever the process count.
   print(corpus.stats)  # Counter({'records': ..., 'empty': ..., ...})
 
 Every record is yielded, problems included (see `records.py` for the
@@ -70,9 +73,11 @@ def open_corpus(
     one_doc_per_file: Plain-text files hold one document each (id: the
       relative path) instead of one per line.
     share: How files are split among processes: 'files' (round-robin over
-      the sorted files), 'records' (round-robin over records; every process
+      the sorted files), 'records' (round-robin over the blocks of
+      `records(block_size=...)`, single records by default; every process
       reads every file), or 'auto' ('files' when there are at least as many
-      files as processes). TFDS always uses `tfds.even_splits`.
+      files as processes). A TFDS split is always cut into contiguous runs
+      of whole blocks, one per process.
     split: TFDS split (or sub-split, e.g. 'train[:1%]'), instead of in `spec`.
     data_dir: TFDS data directory.
 

@@ -172,11 +172,11 @@ class FileCorpus(records_lib.Corpus):
     return list(self._files)
 
   def share_mode(self, process_count: int) -> str:
-    """'files' (round-robin files) or 'records' (round-robin records).
+    """'files' (round-robin files) or 'records' (round-robin blocks).
 
     'auto' splits by files when there are at least as many files as
     processes (each process reads only its own files), else by records (each
-    process reads every file but parses only its own records).
+    process reads every file but parses only the records of its own blocks).
 
     Args:
       process_count: Number of processes splitting the corpus.
@@ -205,17 +205,30 @@ class FileCorpus(records_lib.Corpus):
     }
 
   def records(
-    self, process_index: int = 0, process_count: int = 1, start: int = 0
+    self,
+    process_index: int = 0,
+    process_count: int = 1,
+    start: int = 0,
+    block_size: int = 1,
   ) -> Iterator[Record]:
-    """See `Corpus.records`; the share is split as `share_mode` says."""
-    records_lib.check_share(process_index, process_count, start)
+    """See `Corpus.records`; the share is split as `share_mode` says.
+
+    Blocks are `(file index, index in the file // block_size)`. By 'files',
+    a process reads whole files (so whole blocks). By 'records', the blocks
+    of the whole corpus, in order, are dealt round-robin: its `b`-th block
+    goes to process `b % process_count` (with `block_size=1`, its `b`-th
+    record).
+    """
+    records_lib.check_share(process_index, process_count, start, block_size)
     self._stats = collections.Counter()
     checker = records_lib.RecordChecker(
       self._options,
       self._stats,
       ids_are_unique=self._options.id_field is None,
     )
-    return self._records(checker, process_index, process_count, start)
+    return self._records(
+      checker, process_index, process_count, start, block_size
+    )
 
   def _records(
     self,
@@ -223,28 +236,30 @@ class FileCorpus(records_lib.Corpus):
     process_index: int,
     process_count: int,
     start: int,
+    block_size: int,
   ) -> Iterator[Record]:
     by_files = self.share_mode(process_count) == "files"
-    files = (
-      self._files[process_index::process_count] if by_files else self._files
-    )
-    corpus_index = 0  # Position in the whole corpus (split by records).
+    corpus_block = -1  # Ordinal of the current block in the whole corpus.
     share_index = 0  # Position in this process's share.
-    for rel in files:
-      for line, raw in self._raw_records(rel):
+    for file_index, rel in enumerate(self._files):
+      if by_files and file_index % process_count != process_index:
+        continue
+      for position, (line, raw) in enumerate(self._raw_records(rel)):
         if not by_files:
-          corpus_index += 1
-          if (corpus_index - 1) % process_count != process_index:
+          if position % block_size == 0:
+            corpus_block += 1
+          if corpus_block % process_count != process_index:
             continue
+        block = (file_index, position // block_size)
         share_index += 1
         if share_index <= start:
           self._stats["skipped"] += 1
           # Ids of skipped records still enter the duplicate set, so a resumed
           # run marks exactly what an uninterrupted one would.
           if checker.needs_all_ids:
-            self._build(checker, rel, line, raw, count=False)
+            self._build(checker, rel, line, raw, block, count=False)
           continue
-        yield self._build(checker, rel, line, raw)
+        yield self._build(checker, rel, line, raw, block)
 
   def _raw_records(
     self, rel: str
@@ -271,6 +286,7 @@ class FileCorpus(records_lib.Corpus):
     rel: str,
     line: int | None,
     raw: bytes | BaseException,
+    block: tuple[int, int],
     *,
     count: bool = True,
   ) -> Record:
@@ -295,6 +311,7 @@ class FileCorpus(records_lib.Corpus):
         where,
         readable=False,
         count=count,
+        block=block,
       )
     if line is not None:
       raw = raw[:-1] if raw.endswith(b"\n") else raw
@@ -304,10 +321,10 @@ class FileCorpus(records_lib.Corpus):
       text = text.removeprefix("\ufeff")  # Byte order mark.
     if rel.endswith(TEXT_SUFFIXES):
       return checker.finish(
-        positional_id, text, rel, problems, where, count=count
+        positional_id, text, rel, problems, where, count=count, block=block
       )
     return self._build_json(
-      checker, text, positional_id, rel, problems, where, count
+      checker, text, positional_id, rel, problems, where, block, count
     )
 
   def _build_json(
@@ -318,13 +335,14 @@ class FileCorpus(records_lib.Corpus):
     rel: str,
     problems: list[str],
     where: str,
+    block: tuple[int, int],
     count: bool,
   ) -> Record:
     """Parses one JSON Lines line into a checked record."""
     opts = self._options
     if not line_text.strip():  # A blank line: an empty document.
       return checker.finish(
-        positional_id, "", rel, problems, where, count=count
+        positional_id, "", rel, problems, where, count=count, block=block
       )
     try:
       obj = json.loads(line_text)
@@ -352,6 +370,7 @@ class FileCorpus(records_lib.Corpus):
         where,
         readable=False,
         count=count,
+        block=block,
       )
 
     record_id = positional_id
@@ -412,4 +431,5 @@ class FileCorpus(records_lib.Corpus):
       where,
       readable=readable,
       count=count,
+      block=block,
     )

@@ -20,7 +20,7 @@ import abc
 import collections
 import dataclasses
 import re
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 from data_efficient.io import id_set
@@ -61,12 +61,17 @@ class Record:
       'invalid_utf8,too_long').
     source: Where it came from: the file's relative path, the value of
       `source_field`, or the TFDS split.
+    block: The block holding it (see `Corpus.records`): `(file index, index
+      in the file // block_size)` for files (the file index in sorted file
+      order), `index in the split // block_size` for TFDS; None for records
+      not read from a corpus.
   """
 
   id: str
   text: str
   problem: str | None = None
   source: str | None = None
+  block: Hashable | None = None
 
   @property
   def problems(self) -> tuple[str, ...]:
@@ -100,23 +105,41 @@ class Corpus(abc.ABC):
 
   @abc.abstractmethod
   def records(
-    self, process_index: int = 0, process_count: int = 1, start: int = 0
+    self,
+    process_index: int = 0,
+    process_count: int = 1,
+    start: int = 0,
+    block_size: int = 1,
   ) -> Iterator[Record]:
     """Yields this process's share of the records, in a deterministic order.
 
     The shares of processes `0 .. process_count - 1` are disjoint and together
     hold every record exactly once.
 
+    Records come in blocks, which depend on the corpus and `block_size`
+    alone, never on the process count: a block is up to `block_size`
+    consecutive records of one file (a file's last block may be shorter;
+    blocks never span files), or of a TFDS split in its canonical order
+    (aligned to multiples of `block_size` of the index in the split). Every
+    share consists of whole blocks, in corpus order, and consecutive records
+    with equal `Record.block` are exactly one block: a consumer that cuts its
+    work where `block` changes sees the same pieces whatever the process
+    count. A share may be empty.
+
     Args:
       process_index: This process, in `[0, process_count)`.
       process_count: Number of processes splitting the corpus.
       start: Number of records at the beginning of this share to skip (the
         resume point); the records yielded equal `list(share)[start:]`,
-        problem marks included.
+        problem marks included. Any `start` works; a consumer that must
+        resume at its own chunk boundaries passes one at a block boundary.
+      block_size: Most records per block (1: every record is a block).
     """
 
 
-def check_share(process_index: int, process_count: int, start: int) -> None:
+def check_share(
+  process_index: int, process_count: int, start: int, block_size: int
+) -> None:
   """Validates the arguments of `Corpus.records`."""
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(
@@ -125,6 +148,8 @@ def check_share(process_index: int, process_count: int, start: int) -> None:
     )
   if start < 0:
     raise ValueError(f"start={start} must be >= 0.")
+  if block_size < 1:
+    raise ValueError(f"block_size={block_size} must be >= 1.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +267,7 @@ class RecordChecker:
     *,
     readable: bool = True,
     count: bool = True,
+    block: Hashable | None = None,
   ) -> Record:
     """Applies the content checks and returns the record.
 
@@ -255,6 +281,7 @@ class RecordChecker:
         but not marked 'empty').
       count: Whether to count it in the stats (False for records skipped by
         `start`, which are checked only to keep the duplicate set exact).
+      block: Its block (see `Corpus.records`).
 
     Returns:
       The record, with `problem` set where any were found.
@@ -305,4 +332,5 @@ class RecordChecker:
       text=text,
       problem=",".join(problems) if problems else None,
       source=source,
+      block=block,
     )

@@ -8,10 +8,12 @@ An output directory holds:
   manifest.json                        provenance and shard list, written last
 
 Every file appears atomically (temp file, fsync, rename), so after a crash
-the directory holds only whole files. Shard boundaries depend only on the
-sequence of rows a process writes (one shard per `rows_per_shard` rows), and
-shards are written with fixed settings, so a run that was killed and resumed
-(skipping `rows_done` records) writes the same bytes as one that was not.
+the directory holds only whole files. A shard is cut only at the end of a
+`write()` call, once at least `rows_per_shard` rows are buffered: it holds
+every buffered row, so shards end at write boundaries and depend only on the
+sequence of writes. Shards are written with fixed settings, so a run that was
+killed and resumed (skipping `rows_done` records, then repeating the same
+writes) writes the same bytes as one that was not.
 
 Output directories are local paths; on Cloud TPU VMs, mount a bucket with
 gcsfuse (renames are then copies, still whole-file).
@@ -19,6 +21,7 @@ gcsfuse (renames are then copies, still whole-file).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -31,6 +34,8 @@ import pyarrow.parquet as pq
 
 MANIFEST = "manifest.json"
 RUN_CONFIG = "run_config.json"
+# Rows carry their records' problem categories here (comma-separated).
+PROBLEM_COLUMN = "problem"
 
 _SHARD = re.compile(r"part-(\d{5})-of-(\d{5})-(\d{6})\.parquet")
 _TMP = ".tmp"
@@ -189,7 +194,8 @@ class ResultWriter:
 
   Attributes:
     rows_done: Rows in this process's shards already on disk when the writer
-      was opened: the number of records to skip when resuming.
+      was opened: the number of records to skip when resuming. It is always
+      at the end of some `write()` of the earlier run.
   """
 
   def __init__(
@@ -209,7 +215,9 @@ class ResultWriter:
       schema: Schema of every row.
       process_index: This process, in `[0, process_count)`.
       process_count: Number of processes writing to `output_dir`.
-      rows_per_shard: Rows per shard file (the last one may hold fewer).
+      rows_per_shard: Fewest rows per shard file (the last one may hold
+        fewer). A shard holds every row buffered when it is cut: at most
+        `rows_per_shard - 1` rows plus those of one write.
       run_config: JSON-able settings of the run (model, corpus, prompt, ...);
         a rerun into the same directory must pass equal settings.
 
@@ -342,9 +350,9 @@ class ResultWriter:
           f"{path}: unreadable shard ({e}); delete it and this process's "
           "later shards, then rerun to recompute them."
         ) from e
-      if rows and rows[-1] != self.rows_per_shard:
+      if rows and rows[-1] < self.rows_per_shard:
         raise OutputError(
-          f"{path}: follows a shard with {rows[-1]} rows instead of "
+          f"{path}: follows a shard with {rows[-1]} rows, fewer than "
           f"{self.rows_per_shard}; delete this process's shards from "
           f"shard {shard - 1} on and rerun."
         )
@@ -352,7 +360,11 @@ class ResultWriter:
     return rows
 
   def write(self, batch: Mapping[str, np.ndarray | Sequence[Any]]) -> None:
-    """Buffers rows; writes every full shard.
+    """Buffers rows; then writes them all as one shard if they are enough.
+
+    The shard is cut after the whole batch, never inside it, so shards end
+    where writes end: a caller that writes one whole unit of work per call
+    (e.g. a chunk of records) resumes at a unit boundary.
 
     Args:
       batch: One array or list per schema column, all of the same length. A
@@ -375,12 +387,9 @@ class ResultWriter:
       )
     self._buffer.append(table)
     self._buffered_rows += table.num_rows
-    while self._buffered_rows >= self.rows_per_shard:
-      rows = pa.concat_tables(self._buffer)
-      self._write_shard(rows.slice(0, self.rows_per_shard))
-      rest = rows.slice(self.rows_per_shard)
-      self._buffer = [rest] if rest.num_rows else []
-      self._buffered_rows = rest.num_rows
+    if self._buffered_rows >= self.rows_per_shard:
+      self._write_shard(pa.concat_tables(self._buffer))
+      self._buffer, self._buffered_rows = [], 0
 
   def _to_table(self, batch: Mapping[str, Any]) -> pa.Table:
     names = set(self.schema.names)
@@ -416,7 +425,7 @@ class ResultWriter:
     self._shard_rows.append(table.num_rows)
 
   def close(self) -> int:
-    """Writes the last (short) shard and marks this process done.
+    """Writes the rows still buffered (a short shard); marks this process done.
 
     A process with no rows at all writes one empty shard, so that every
     process's schema is on disk.
@@ -509,9 +518,24 @@ def write_manifest(
     num_rows=sum(s["num_rows"] for s in shards),
     process_count=process_count,
     shards=shards,
+    problems=_problem_counts(output_dir, shards),
   )
   _write_json(os.path.join(output_dir, MANIFEST), written)
   return written
+
+
+def _problem_counts(
+  output_dir: str, shards: Sequence[Mapping[str, Any]]
+) -> dict[str, int]:
+  """Rows per problem category over all shards (a row may have several)."""
+  counts: collections.Counter[str] = collections.Counter()
+  for shard in shards:
+    parquet = pq.ParquetFile(os.path.join(output_dir, shard["file"]))
+    if PROBLEM_COLUMN not in parquet.schema_arrow.names:
+      continue
+    for value in parquet.read(columns=[PROBLEM_COLUMN]).column(0).to_pylist():
+      counts.update(name for name in (value or "").split(",") if name)
+  return dict(sorted(counts.items()))
 
 
 def read_manifest(output_dir: str | os.PathLike[str]) -> dict[str, Any]:

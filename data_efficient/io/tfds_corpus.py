@@ -45,14 +45,54 @@ def parse_tfds_spec(spec: str) -> tuple[str, str | None, str | None]:
   return name, version, rest or None
 
 
+def share_range(
+  num_examples: int, process_index: int, process_count: int, block_size: int
+) -> tuple[int, int]:
+  """This process's contiguous run of whole blocks, as [first, end) indices.
+
+  The `ceil(num_examples / block_size)` blocks are split into contiguous runs
+  whose lengths differ by at most one block; a run may be empty.
+
+  Args:
+    num_examples: Examples in the split.
+    process_index: This process, in `[0, process_count)`.
+    process_count: Number of processes splitting the split.
+    block_size: Examples per block (the last block may hold fewer).
+  """
+  num_blocks = -(-num_examples // block_size)
+  first = process_index * num_blocks // process_count * block_size
+  end = (process_index + 1) * num_blocks // process_count * block_size
+  return min(first, num_examples), min(end, num_examples)
+
+
+def _slice_split(
+  parts: list[tuple[str, int, int]], first: int, end: int
+) -> str:
+  """The split spec selecting examples [first, end) of `parts` concatenated.
+
+  Args:
+    parts: (split name, from, to) absolute ranges, read in this order.
+    first: First index wanted, in the concatenation.
+    end: One past the last index wanted.
+  """
+  specs = []
+  offset = 0
+  for name, from_, to in parts:
+    lo = max(first - offset, 0) + from_
+    hi = min(end - offset, to - from_) + from_
+    if lo < hi:
+      specs.append(f"{name}[{lo}:{hi}]")
+    offset += to - from_
+  return "+".join(specs)
+
+
 class TfdsCorpus(records_lib.Corpus):
   """A TFDS split read deterministically (see `open_corpus`).
 
-  Each process reads one contiguous slice of the split from
-  `tfds.even_splits(split, process_count)` (sizes differ by at most one), so
-  it reads only its own files. Files are read in order, one at a time
-  (`interleave_cycle_length=1`), so the order does not depend on TFDS's
-  default read settings.
+  Each process reads one contiguous run of whole blocks of the split (see
+  `share_range`), as an explicit absolute slice, so it reads only its own
+  files. Files are read in order, one at a time (`interleave_cycle_length=1`),
+  so the order does not depend on TFDS's default read settings.
   """
 
   def __init__(
@@ -108,21 +148,41 @@ class TfdsCorpus(records_lib.Corpus):
       "version": str(builder.info.version),
       "split": self._split,
       "data_dir": self._data_dir,
-      "share": "tfds.even_splits",
+      "share": "contiguous blocks",
       **self._options.to_dict(),
       "id_field": self._id_field,
     }
 
   def records(
-    self, process_index: int = 0, process_count: int = 1, start: int = 0
+    self,
+    process_index: int = 0,
+    process_count: int = 1,
+    start: int = 0,
+    block_size: int = 1,
   ) -> Iterator[Record]:
-    """See `Corpus.records`."""
-    records_lib.check_share(process_index, process_count, start)
+    """See `Corpus.records`; blocks are `index in the split // block_size`."""
+    records_lib.check_share(process_index, process_count, start, block_size)
     self._stats = collections.Counter()
     checker = records_lib.RecordChecker(
       self._options, self._stats, ids_are_unique=False
     )
-    return self._records(checker, process_index, process_count, start)
+    return self._records(
+      checker, process_index, process_count, start, block_size
+    )
+
+  def _absolute_parts(self) -> list[tuple[str, int, int]]:
+    """The split as (split name, from, to) absolute ranges, in read order."""
+    import tensorflow_datasets as tfds  # Lazy: see the module docstring.
+
+    infos = self._builder().info.splits
+    parts = []
+    for part in tfds.core.ReadInstruction.from_spec(self._split).to_absolute(
+      infos
+    ):
+      # TFDS writes None for a split's own start and end.
+      to = infos[part.splitname].num_examples if part.to is None else part.to
+      parts.append((part.splitname, part.from_ or 0, to))
+    return parts
 
   def _records(
     self,
@@ -130,19 +190,24 @@ class TfdsCorpus(records_lib.Corpus):
     process_index: int,
     process_count: int,
     start: int,
+    block_size: int,
   ) -> Iterator[Record]:
     import tensorflow as tf  # Lazy: see the module docstring.
     import tensorflow_datasets as tfds
 
     builder = self._builder()
-    subsplits = tfds.even_splits(self._split, process_count)
-    share = subsplits[process_index]
-    # Index of this share's first example in the split, for error messages.
-    offset = sum(
-      builder.info.splits[s].num_examples for s in subsplits[:process_index]
+    parts = self._absolute_parts()
+    # `offset`: index of this share's first example in the split.
+    offset, end = share_range(
+      sum(to - from_ for _, from_, to in parts),
+      process_index,
+      process_count,
+      block_size,
     )
+    if offset == end:
+      return
     ds = builder.as_dataset(
-      split=share,
+      split=_slice_split(parts, offset, end),
       shuffle_files=False,
       read_config=tfds.ReadConfig(
         interleave_cycle_length=1, try_autocache=False
@@ -154,7 +219,7 @@ class TfdsCorpus(records_lib.Corpus):
     id_field, text_field = self._id_field, self._options.text_field
     ds = ds.map(lambda ex: (ex[id_field], ex[text_field]))
 
-    index = 0
+    index = offset
     if start:
       if checker.needs_all_ids:
         # Keep the duplicate set exact: a resumed run marks what an
@@ -162,20 +227,16 @@ class TfdsCorpus(records_lib.Corpus):
         for ids, texts in tfds.as_numpy(ds.take(start).batch(_BATCH)):
           for raw_id, raw_text in zip(ids, texts, strict=True):
             self._build(
-              checker,
-              raw_id,
-              raw_text,
-              offset + index,
-              count=False,
+              checker, raw_id, raw_text, index, block_size, count=False
             )
             index += 1
       else:
-        index = min(start, builder.info.splits[share].num_examples)
+        index = min(offset + start, end)
       ds = ds.skip(start)
-      self._stats["skipped"] += index
+      self._stats["skipped"] += index - offset
     for ids, texts in tfds.as_numpy(ds.batch(_BATCH).prefetch(2)):
       for raw_id, raw_text in zip(ids, texts, strict=True):
-        yield self._build(checker, raw_id, raw_text, offset + index)
+        yield self._build(checker, raw_id, raw_text, index, block_size)
         index += 1
 
   def _build(
@@ -184,9 +245,11 @@ class TfdsCorpus(records_lib.Corpus):
     raw_id: Any,
     raw_text: Any,
     index: int,
+    block_size: int,
     *,
     count: bool = True,
   ) -> Record:
+    """Decodes and checks example `index` of the split."""
     problems: list[str] = []
     version = self._builder().info.version
     where = f"tfds {self._name}:{version} split {self._split!r} example {index}"
@@ -200,5 +263,11 @@ class TfdsCorpus(records_lib.Corpus):
     else:
       text = str(raw_text)
     return checker.finish(
-      record_id, text, self._split, problems, where, count=count
+      record_id,
+      text,
+      self._split,
+      problems,
+      where,
+      count=count,
+      block=index // block_size,
     )

@@ -1,6 +1,7 @@
 """Tests for the JSON Lines and plain-text corpus readers."""
 
 import collections
+import dataclasses
 import gzip
 import json
 import os
@@ -89,8 +90,8 @@ def test_id_field_text_field_and_source_field(tmp_path):
     path, id_field="url", text_field="body", source_field="subset"
   )
   assert list(corpus.records()) == [
-    Record("http://x/1", "one", None, "web"),
-    Record("7", "two", None, "d.jsonl"),
+    Record("http://x/1", "one", None, "web", (0, 0)),
+    Record("7", "two", None, "d.jsonl", (0, 1)),
   ]
 
 
@@ -146,6 +147,50 @@ def test_start_equals_slicing(tree, share, process_count):
       assert resumed == full[start:]
       assert corpus.stats["records"] == len(full[start:])
       assert corpus.stats["skipped"] == min(start, len(full))
+
+
+_BLOCK_FILE_LENGTHS = (7, 3, 5, 1, 8)
+
+
+@pytest.mark.parametrize("share", ["files", "records"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_shares_are_whole_blocks(tmp_path, check_block_shares, suffix, share):
+  for index, length in enumerate(_BLOCK_FILE_LENGTHS):
+    name = f"f{index}{suffix}" + (".gz" if index == 2 else "")
+    texts = [f"{index}-{line}" for line in range(length)]
+    if suffix == ".jsonl":  # Ids from a field: skipping still checks them.
+      data = _jsonl(*({"id": t, "text": t} for t in texts))
+    else:
+      data = "".join(t + "\n" for t in texts).encode()
+    _write(tmp_path / name, data)
+  id_field = "id" if suffix == ".jsonl" else None
+  corpus = open_corpus(str(tmp_path), share=share, id_field=id_field)
+  whole = check_block_shares(
+    lambda i, n, start: list(corpus.records(i, n, start, block_size=3)),
+    block_size=3,
+  )
+  assert [r.block for r in whole] == [
+    (index, line // 3)
+    for index, length in enumerate(_BLOCK_FILE_LENGTHS)
+    for line in range(length)
+  ]
+  unblocked = [dataclasses.replace(r, block=None) for r in whole]
+  assert unblocked == [
+    dataclasses.replace(r, block=None) for r in corpus.records()
+  ]
+
+
+def test_records_share_deals_out_blocks(tmp_path):
+  path = _write(tmp_path / "one.txt", b"".join(b"%d\n" % i for i in range(7)))
+  corpus = open_corpus(path, share="records")
+  texts = [
+    [r.text for r in corpus.records(i, 3, block_size=3)] for i in range(3)
+  ]
+  assert texts == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
+  texts = [
+    [r.text for r in corpus.records(i, 4, block_size=3)] for i in range(4)
+  ]
+  assert texts == [["0", "1", "2"], ["3", "4", "5"], ["6"], []]
 
 
 def test_start_keeps_duplicate_marks_of_skipped_ids(tmp_path):
@@ -309,7 +354,7 @@ def test_missing_id_field_falls_back_to_position(tmp_path):
     list(open_corpus(path, id_field="url").records())
   corpus = open_corpus(path, id_field="url", on_error="mark")
   assert list(corpus.records()) == [
-    Record("d.jsonl:1", "t", "missing_field", "d.jsonl")
+    Record("d.jsonl:1", "t", "missing_field", "d.jsonl", (0, 0))
   ]
 
 
@@ -349,7 +394,7 @@ def test_five_megabyte_line_and_max_chars(tmp_path):
   corpus = open_corpus(path, max_chars=1000)  # Under 'raise': marked only.
   records = list(corpus.records())
   assert records[0].text == big[:1000] and records[0].problem == "too_long"
-  assert records[1] == Record("d.jsonl:2", "short", None, "d.jsonl")
+  assert records[1] == Record("d.jsonl:2", "short", None, "d.jsonl", (0, 1))
   assert corpus.stats["too_long"] == 1
   text_path = _write(tmp_path / "t.txt", big.encode() + b"\n")
   assert [r.text for r in open_corpus(text_path).records()] == [big]
@@ -385,7 +430,7 @@ def test_unusual_but_valid_text_is_kept_exactly(tmp_path, text, filename):
   )
   path = _write(tmp_path / filename, data)
   assert list(open_corpus(path).records()) == [
-    Record(f"{filename}:1", text, None, filename)
+    Record(f"{filename}:1", text, None, filename, (0, 0))
   ]
 
 
@@ -430,6 +475,8 @@ def test_bad_share_arguments(tree):
     corpus.records(2, 2)
   with pytest.raises(ValueError, match="start=-1"):
     corpus.records(0, 1, -1)
+  with pytest.raises(ValueError, match="block_size=0"):
+    corpus.records(block_size=0)
 
 
 def test_public_names():

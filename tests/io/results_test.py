@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from data_efficient.io import results
@@ -44,6 +45,33 @@ def _write_all(writer, start, stop, batch):
     writer.write(_rows(min(batch, stop - first), first))
 
 
+# Rows per write (one write per chunk of whole blocks): 40 rows in all.
+_WRITES = (5, 3, 5, 5, 2, 5, 1, 3, 6, 5)
+
+
+def _open(directory, rows_per_shard=7):
+  return ResultWriter(
+    directory, SCHEMA, rows_per_shard=rows_per_shard, run_config=CONFIG
+  )
+
+
+def _write_sequence(writer, sizes, skip_rows=0):
+  """Writes batches of `sizes` rows, but for the first `skip_rows` rows.
+
+  `skip_rows` must be at the end of a batch, as a resumed run's would be.
+  """
+  first = 0
+  for size in sizes:
+    if first >= skip_rows:
+      writer.write(_rows(size, first))
+    first += size
+    assert first <= skip_rows or first - size >= skip_rows
+
+
+def _parts(directory):
+  return sorted(n for n in os.listdir(directory) if n.endswith(".parquet"))
+
+
 def _shard_bytes(directory):
   return {
     name: open(os.path.join(directory, name), "rb").read()
@@ -72,8 +100,9 @@ def test_round_trip_with_several_processes(tmp_path):
   assert manifest == read_manifest(out)
   assert manifest["num_rows"] == 32
   assert manifest["code_version"] == "abc"
-  assert [s["num_rows"] for s in manifest["shards"]] == [7, 7, 7, 2, 7, 2, 0]
-  assert manifest["shards"][4]["file"] == "part-00001-of-00003-000000.parquet"
+  # Process 0 writes 5+5 | 5+5 | 3 (close), process 1 5+4, process 2 nothing.
+  assert [s["num_rows"] for s in manifest["shards"]] == [10, 10, 3, 9, 0]
+  assert manifest["shards"][3]["file"] == "part-00001-of-00003-000000.parquet"
 
   table = read_results(out)
   assert table.schema == SCHEMA
@@ -96,54 +125,88 @@ def test_round_trip_with_several_processes(tmp_path):
     read_results(out, columns=["nope"])
 
 
-def test_resume_after_a_kill_writes_identical_bytes(tmp_path):
-  total, rows_per_shard = 40, 7
+@pytest.mark.parametrize("killed_after", [0, 1, 2, 4, 7, 9, len(_WRITES)])
+def test_resume_after_a_kill_writes_identical_bytes(tmp_path, killed_after):
+  total = sum(_WRITES)
   uninterrupted = str(tmp_path / "uninterrupted")
-  writer = ResultWriter(
-    uninterrupted, SCHEMA, rows_per_shard=rows_per_shard, run_config=CONFIG
-  )
-  _write_all(writer, 0, total, 5)
+  writer = _open(uninterrupted)
+  _write_sequence(writer, _WRITES)
   writer.close()
   write_manifest(uninterrupted, {"run": 1})
 
   resumed = str(tmp_path / "resumed")
-  writer = ResultWriter(
-    resumed, SCHEMA, rows_per_shard=rows_per_shard, run_config=CONFIG
-  )
-  _write_all(writer, 0, 18, 6)  # Two whole shards; 4 rows still buffered.
+  writer = _open(resumed)
+  _write_sequence(writer, _WRITES[:killed_after])
   del writer  # Killed: the buffered rows are lost...
-  half_written = os.path.join(resumed, results.shard_name(0, 1, 2) + ".tmp")
+  next_shard = results.shard_name(0, 1, len(_parts(resumed)))
+  half_written = os.path.join(resumed, next_shard + ".tmp")
   with open(half_written, "wb") as f:  # ...while writing the next shard.
     f.write(b"PAR1\x00 half a shard")
   with pytest.raises(OutputError, match="incomplete"):
     read_results(resumed)
 
-  writer = ResultWriter(
-    resumed, SCHEMA, rows_per_shard=rows_per_shard, run_config=CONFIG
-  )
-  assert writer.rows_done == 14
+  writer = _open(resumed)
   assert not os.path.exists(half_written)
-  _write_all(writer, writer.rows_done, total, 3)  # Other batch sizes.
+  # Rows on disk end at a write boundary (`_write_sequence` checks it).
+  assert writer.rows_done <= sum(_WRITES[:killed_after])
+  _write_sequence(writer, _WRITES, skip_rows=writer.rows_done)
   assert writer.close() == total
   write_manifest(resumed, {"run": 1})
 
   expected = _shard_bytes(uninterrupted)
-  assert len(expected) == 7  # Six shards (7 * 5 + 5) and the done record.
+  assert len(expected) == 6  # Shards of 8, 10, 7, 10, 5 rows; done record.
   assert _shard_bytes(resumed) == expected
   assert read_manifest(resumed) == read_manifest(uninterrupted)
 
   # Rerunning a finished process writes nothing new and changes nothing.
-  writer = ResultWriter(
-    resumed, SCHEMA, rows_per_shard=rows_per_shard, run_config=CONFIG
-  )
+  writer = _open(resumed)
   assert writer.rows_done == total
   writer.write(_rows(0))
   assert writer.close() == total
   assert _shard_bytes(resumed) == expected
   with pytest.raises(OutputError, match="already finished with 40 rows"):
-    ResultWriter(
-      resumed, SCHEMA, rows_per_shard=rows_per_shard, run_config=CONFIG
-    ).write(_rows(1))
+    _open(resumed).write(_rows(1))
+
+
+@pytest.mark.parametrize(
+  "sizes", [_WRITES, (20, 1, 1, 7, 6, 1), (1,) * 9, (3,)]
+)
+def test_shards_end_at_write_boundaries(tmp_path, sizes):
+  out = str(tmp_path / "out")
+  writer = _open(out)
+  write_ends = np.cumsum(sizes).tolist()
+  for size, end in zip(sizes, write_ends, strict=True):
+    writer.write(_rows(size, end - size))
+  writer.close()
+  manifest = write_manifest(out, {})
+  counts = [s["num_rows"] for s in manifest["shards"]]
+  # At least rows_per_shard rows each, but for the last; no more rows than
+  # needed to reach it, plus one write.
+  assert all(n >= 7 for n in counts[:-1])
+  assert all(n < 7 + max(sizes) for n in counts)
+  shard_ends = np.cumsum(counts).tolist()
+  assert set(shard_ends) <= set(write_ends)
+  assert shard_ends[-1] == sum(sizes)
+  assert read_results(out).column("id").to_pylist() == _rows(sum(sizes))["id"]
+
+
+def test_shard_is_written_as_soon_as_rows_are_enough(tmp_path):
+  writer = _open(str(tmp_path), rows_per_shard=4)
+  shards_after_each_write = []
+  for size in (3, 2, 4, 1, 9):
+    writer.write(_rows(size))
+    shards_after_each_write.append(
+      [pq.read_metadata(tmp_path / n).num_rows for n in _parts(tmp_path)]
+    )
+  assert shards_after_each_write == [
+    [],
+    [5],
+    [5, 4],
+    [5, 4],
+    [5, 4, 10],
+  ]
+  # A resumed writer starts after the last shard, at a write boundary.
+  assert _open(str(tmp_path), rows_per_shard=4).rows_done == 19
 
 
 def test_manifestless_directory_is_refused(tmp_path):
@@ -161,7 +224,8 @@ def test_manifestless_directory_is_refused(tmp_path):
 def test_corrupted_or_inconsistent_manifest_is_refused(tmp_path):
   out = str(tmp_path / "out")
   writer = ResultWriter(out, SCHEMA, rows_per_shard=4, run_config=CONFIG)
-  writer.write(_rows(9))
+  writer.write(_rows(4))
+  writer.write(_rows(5, 4))
   writer.close()
   manifest = write_manifest(out, {})
   path = os.path.join(out, results.MANIFEST)
@@ -249,13 +313,28 @@ def test_bad_batches_and_arguments(tmp_path):
     ResultWriter(str(tmp_path), SCHEMA, process_index=1, run_config=CONFIG)
 
 
-def test_gap_in_shards_is_refused(tmp_path):
-  out = str(tmp_path)
-  writer = ResultWriter(out, SCHEMA, rows_per_shard=2, run_config=CONFIG)
-  writer.write(_rows(6))
+def test_gap_or_short_shard_before_others_is_refused(tmp_path):
+  out = str(tmp_path / "gap")
+  writer = _open(out, rows_per_shard=2)
+  for first in range(0, 6, 2):
+    writer.write(_rows(2, first))
   os.remove(os.path.join(out, results.shard_name(0, 1, 1)))
   with pytest.raises(OutputError, match="shard 1 of process 0 is missing"):
-    ResultWriter(out, SCHEMA, rows_per_shard=2, run_config=CONFIG)
+    _open(out, rows_per_shard=2)
+
+  out = str(tmp_path / "short")
+  writer = _open(out, rows_per_shard=3)
+  writer.write(_rows(3))
+  writer.write(_rows(2, 3))
+  writer.close()  # Shards of 3 and 2 rows: swap them.
+  first, second = (os.path.join(out, n) for n in _parts(out))
+  os.rename(first, first + ".x")
+  os.rename(second, first)
+  os.rename(first + ".x", second)
+  with pytest.raises(
+    OutputError, match="follows a shard with 2 rows, fewer than 3"
+  ):
+    _open(out, rows_per_shard=3)
 
 
 def test_json_side_files_are_atomic_and_checked(tmp_path):

@@ -92,8 +92,8 @@ def test_ids_are_urls_and_version_is_recorded(data_dir):
     records = list(corpus.records())
     description = corpus.describe()
   assert records == [
-    Record(e["url"].decode(), e["text"].decode(), None, "train")
-    for e in examples
+    Record(e["url"].decode(), e["text"].decode(), None, "train", i)
+    for i, e in enumerate(examples)
   ]
   assert corpus.stats == collections.Counter(records=len(examples))
   assert description["kind"] == "tfds"
@@ -129,6 +129,45 @@ def test_shares_are_disjoint_cover_the_split_and_resume(
     assert fast.stats["skipped"] == 2
     assert not list(fast.records(0, process_count, 99))
     assert fast.stats["skipped"] == len(shares[0])
+
+
+def test_shares_are_whole_blocks(data_dir, check_block_shares):
+  examples = _examples()
+  with _mocked(data_dir, examples):
+    corpus = open_corpus(_SPEC, data_dir=data_dir)
+    whole = check_block_shares(
+      lambda i, n, start: list(corpus.records(i, n, start, block_size=3)),
+      block_size=3,
+    )
+    assert [r.block for r in whole] == [i // 3 for i in range(len(examples))]
+    # 4 blocks (3 + 3 + 3 + 2 examples) for 5 processes: one has none.
+    sizes = [len(list(corpus.records(i, 5, block_size=3))) for i in range(5)]
+    assert sizes == [0, 3, 3, 3, 2]
+    # Sub-splits, concatenated: blocks count from their own first example.
+    sub = open_corpus(_SPEC, data_dir=data_dir, split="train[1:4]+train[6:]")
+    shares = [list(sub.records(i, 2, block_size=3)) for i in range(2)]
+  assert [r.id for share in shares for r in share] == [
+    e["url"].decode() for e in examples[1:4] + examples[6:]
+  ]
+  blocks = [r.block for share in shares for r in share]
+  assert blocks == [0, 0, 0, 1, 1, 1, 2, 2]
+  assert [len(share) for share in shares] == [3, 5]
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 8])
+@pytest.mark.parametrize("num_examples", [0, 1, 11, 24])
+def test_share_ranges_are_even_runs_of_whole_blocks(num_examples, block_size):
+  for count in range(1, 7):
+    ranges = [
+      tfds_corpus.share_range(num_examples, i, count, block_size)
+      for i in range(count)
+    ]
+    ends = [0] + [end for _, end in ranges]
+    assert [first for first, _ in ranges] == ends[:-1]  # Contiguous.
+    assert ends[-1] == num_examples
+    assert all(e % block_size == 0 for e in ends[:-1] if e < num_examples)
+    blocks = [-(-(end - first) // block_size) for first, end in ranges]
+    assert max(blocks) - min(blocks) <= 1
 
 
 def test_parse_spec():
