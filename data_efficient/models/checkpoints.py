@@ -10,6 +10,13 @@ whichever format `path` holds:
                          + Dense without bias (+ Normalize).
   hf_safetensors         `model.safetensors` or `model.safetensors.index.json`.
   hf_flax                HF Flax `flax_model.msgpack`.
+  orbax_t5x              T5X Orbax step dir (`state/_METADATA` + OCDBT); only
+                         the `target` parameters are read.
+  orbax_params           our converted format (`orbax_io.convert`): Orbax
+                         params + `data_efficient_config.json`.
+
+The Orbax formats live in `orbax_io.py` (imported on use: Orbax is slow to
+import).
 
 Every leaf the config expects must be present with its shape and nothing else
 may be: a mismatch raises `CheckpointError` naming the leaf and the file before
@@ -39,15 +46,27 @@ from data_efficient.models import t5
 _GCS = re.compile(r"^gs://([^/]+)/?(.*)$", re.DOTALL)
 
 # Format -> the file whose presence identifies it, in detection order (an ST
-# folder also holds model.safetensors, so it is checked before HF). An 'orbax'
-# entry belongs here once that reader exists.
+# folder also holds model.safetensors, so it is checked before HF). Orbax's
+# `_METADATA` wins over a legacy `checkpoint` file, as in T5X's own
+# `checkpoint_utils.detect_checkpoint_type`.
 _MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+  ("orbax_params", ("data_efficient_config.json",)),
+  ("orbax_t5x", ("_METADATA", "state/_METADATA")),
   ("t5x_legacy", ("checkpoint",)),
   ("sentence_transformers", ("modules.json",)),
   ("hf_safetensors", ("model.safetensors", "model.safetensors.index.json")),
   ("hf_flax", ("flax_model.msgpack",)),
 )
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# Files Orbax writes before `_METADATA` (or that survive its removal): their
+# presence alone means an incomplete Orbax checkpoint.
+_ORBAX_LEFTOVERS = (
+  "manifest.ocdbt",
+  "state/manifest.ocdbt",
+  "_CHECKPOINT_METADATA",
+  "params/_METADATA",
+  "params/manifest.ocdbt",
+)
 
 
 class CheckpointError(ValueError):
@@ -107,12 +126,13 @@ def detect_format(path: str | os.PathLike) -> str:
   """The checkpoint format of the directory `path`.
 
   Returns:
-    One of 't5x_legacy', 'sentence_transformers', 'hf_safetensors',
-    'hf_flax'.
+    One of 'orbax_params', 'orbax_t5x', 't5x_legacy',
+    'sentence_transformers', 'hf_safetensors', 'hf_flax'.
 
   Raises:
     CheckpointError: if the directory holds none of them (the message lists
-      the files looked for), or only a pickled PyTorch checkpoint.
+      the files looked for), only a pickled PyTorch checkpoint, or an
+      incomplete Orbax checkpoint.
   """
   path = os.fspath(path)
   for name, markers in _MARKERS:
@@ -126,6 +146,14 @@ def detect_format(path: str | os.PathLike) -> str:
         "it as safetensors with transformers: "
         "`Model.from_pretrained(dir).save_pretrained(dir, "
         "safe_serialization=True)`."
+      )
+  for leftover in _ORBAX_LEFTOVERS:
+    if _exists(_join(path, leftover)):
+      raise CheckpointError(
+        f"{path}: holds {leftover} but no _METADATA or "
+        "data_efficient_config.json: an incomplete Orbax checkpoint (an "
+        "interrupted write or conversion, or removed files). Use another "
+        "step, or write or convert it again."
       )
   looked_for = ", ".join(
     f"{m} ({name})" for name, markers in _MARKERS for m in markers
@@ -792,8 +820,26 @@ def _read_t5x_legacy(path: str, config: t5.T5Config, dtype) -> dict:
 
 
 # ---------------------------------------------------------------------------
+# Orbax (T5X train state, and our converted format): see orbax_io.py.
+
+
+def _read_orbax(fmt: str) -> Callable[[str, t5.T5Config, Any], dict]:
+  def read(path: str, config: t5.T5Config, dtype) -> dict:
+    from data_efficient.models import orbax_io
+
+    return orbax_io.read_params(path, fmt, config, dtype)
+
+  return read
+
+
+# ---------------------------------------------------------------------------
+
+# Formats read through TensorStore/Orbax, which open gs:// themselves.
+_REMOTE_FORMATS = ("t5x_legacy", "orbax_t5x", "orbax_params")
 
 _READERS = {
+  "orbax_t5x": _read_orbax("orbax_t5x"),
+  "orbax_params": _read_orbax("orbax_params"),
   "t5x_legacy": _read_t5x_legacy,
   "sentence_transformers": _read_sentence_transformers,
   "hf_safetensors": _read_hf_safetensors,
@@ -808,7 +854,7 @@ def load_params(
 
   Args:
     path: Checkpoint directory (any format `detect_format` knows; gs:// for
-      T5X checkpoints).
+      T5X and Orbax checkpoints).
     config: The model the parameters are for; every leaf is checked against
       it.
     dtype: Dtype of the returned arrays (e.g. np.float32, jnp.bfloat16).
@@ -823,7 +869,7 @@ def load_params(
   """
   path = os.fspath(path)
   fmt = detect_format(path)
-  if _GCS.match(path) and fmt != "t5x_legacy":
+  if _GCS.match(path) and fmt not in _REMOTE_FORMATS:
     raise CheckpointError(
       f"{path}: {fmt} checkpoints are read from local disk only; copy the "
       "folder locally first."
