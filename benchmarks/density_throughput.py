@@ -1,0 +1,273 @@
+"""DENSITY throughput: exact kernel sums and the RACE sketch, against peers.
+
+Runs on the machine's real devices (do not set 8 emulated CPU devices):
+
+  python3 benchmarks/density_throughput.py            # N=32768, sketch 10^6
+  python3 benchmarks/density_throughput.py --quick    # < 2 minutes on 2 cores
+
+Side by side, in one run:
+  1. matmul peak: best of a 2048^3 float32 `jnp.dot`;
+  2. exact Gaussian kernel sums of N random unit vectors (d=768) against
+     themselves: ours (`exact.kernel_sums`), the same tiles as one fused jit
+     (no pipelining), a blocked NumPy implementation, and scikit-learn's
+     KernelDensity (exact: atol=rtol=0) timed on a subset of queries and
+     extrapolated;
+  3. the sketch's two passes (R=1000, B=20000) over N_sketch vectors made in
+     chunks, in embeddings/s, against the matmul-bound rate
+     peak / (2 d R).
+GFLOP/s count the distance matmuls only (2 N^2 d for exact sums, 2 N d R
+per sketch pass). The last line is `RESULT key=value ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_efficient import sharding
+from data_efficient.density import exact, kernels, sketch
+
+_D = 768
+
+
+def _best_time(fn, repeats: int) -> tuple[float, object]:
+  """(best seconds over `repeats` runs after a warm-up, last output)."""
+  out = jax.block_until_ready(fn())  # compile / warm up
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    best = min(best, time.perf_counter() - start)
+  return best, out
+
+
+def matmul_peak_gflops(repeats: int = 5) -> float:
+  """Best-of-`repeats` GFLOP/s of a 2048^3 float32 `jnp.dot`."""
+  x = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  return 2 * 2048**3 / _best_time(lambda: dot(x, x), repeats)[0] / 1e9
+
+
+def hash_matmul_gflops(block: int, rows: int, repeats: int = 5) -> float:
+  """GFLOP/s of the sketch's own matmul shape, [block, d] x [d, rows]."""
+  x = jax.random.normal(jax.random.key(1), (block, _D), jnp.float32)
+  a = jax.random.normal(jax.random.key(2), (_D, rows), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  return 2 * block * _D * rows / _best_time(lambda: dot(x, a), repeats)[0] / 1e9
+
+
+def unit_vectors(n: int, seed: int) -> jax.Array:
+  x = jax.random.normal(jax.random.key(seed), (n, _D), jnp.float32)
+  return x / jnp.linalg.norm(x, axis=1, keepdims=True)
+
+
+def numpy_kernel_sums(x: np.ndarray, h: float, block: int = 2048):
+  """Blocked exact Gaussian sums in NumPy (BLAS matmul + NumPy exp)."""
+  sq = np.sum(x * x, axis=1)
+  out = np.zeros(len(x), np.float32)
+  scale = np.float32(-0.5 / (h * h))
+  for i in range(0, len(x), block):
+    q = x[i : i + block]
+    for j in range(0, len(x), block):
+      tile = q @ x[j : j + block].T  # [qb, kb]
+      tile *= -2.0
+      tile += sq[i : i + block, None]
+      tile += sq[None, j : j + block]
+      np.maximum(tile, 0.0, out=tile)
+      tile *= scale
+      np.exp(tile, out=tile)
+      out[i : i + block] += tile.sum(axis=1)
+  return out
+
+
+def fused_kernel_sums(x: jax.Array, h: float, query_block: int, key_block):
+  """Our tiles without the pipelining: matmul and exp-sum in one fusion."""
+
+  @jax.jit
+  def run(x):
+    sq = jnp.sum(x * x, axis=1)
+    keys = x.reshape(-1, key_block, _D)
+    key_sq = sq.reshape(-1, key_block)
+
+    def per_query_block(args):
+      q, q_sq = args
+
+      def step(acc, kv):
+        k, k_sq = kv
+        sqdist = jnp.maximum(q_sq[:, None] + k_sq[None, :] - 2 * q @ k.T, 0)
+        return acc + jnp.sum(jnp.exp(sqdist * (-0.5 / (h * h))), axis=1), None
+
+      acc, _ = jax.lax.scan(step, jnp.zeros_like(q_sq), (keys, key_sq))
+      return acc
+
+    queries = (x.reshape(-1, query_block, _D), sq.reshape(-1, query_block))
+    return jax.lax.map(per_query_block, queries).reshape(-1)
+
+  return run(x)
+
+
+def sklearn_queries_per_s(x: np.ndarray, h: float, n_queries: int) -> float:
+  from sklearn.neighbors import KernelDensity  # noqa: PLC0415
+
+  kde = KernelDensity(kernel="gaussian", bandwidth=h, atol=0, rtol=0).fit(x)
+  start = time.perf_counter()
+  kde.score_samples(x[:n_queries])
+  return n_queries / (time.perf_counter() - start)
+
+
+def sketch_passes(n: int, chunk: int, rows: int, buckets: int, seed: int):
+  """Seconds for pass 1 and pass 2 over n vectors made chunk by chunk."""
+  w = kernels.default_bandwidth(np.asarray(unit_vectors(4096, 99)), "lsh")
+  mesh = sharding.make_mesh()
+  s = sketch.init(_D, w, rows=rows, buckets=buckets, seed=seed)
+  chunks = [(start, min(chunk, n - start)) for start in range(0, n, chunk)]
+
+  def chunk_data(start, size):
+    return jax.block_until_ready(unit_vectors(size, seed + start))
+
+  # Warm-up compiles (full-size chunk; a shorter last chunk compiles again).
+  warm = chunk_data(0, chunks[0][1])
+  jax.block_until_ready(sketch.scores(sketch.add(s, warm, mesh=mesh), warm))
+  t_add = 0.0
+  for start, size in chunks:
+    x = chunk_data(start, size)
+    t0 = time.perf_counter()
+    s = jax.block_until_ready(sketch.add(s, x, mesh=mesh))
+    t_add += time.perf_counter() - t0
+  t_score = 0.0
+  checksum = 0.0
+  for start, size in chunks:
+    x = chunk_data(start, size)
+    t0 = time.perf_counter()
+    scores = jax.block_until_ready(sketch.scores(s, x, mesh=mesh))
+    t_score += time.perf_counter() - t0
+    checksum += float(jnp.sum(scores))
+  assert sketch.num_examples(s) == n
+  used = np.mean(
+      [np.count_nonzero(np.asarray(s.counts[r])) for r in range(min(rows, 20))]
+  )
+  return t_add, t_score, w, used, checksum / n
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--n", type=int, default=32768, help="exact-sum N")
+  parser.add_argument("--sketch_n", type=int, default=1_000_000)
+  parser.add_argument("--sketch_chunk", type=int, default=65536)
+  parser.add_argument(
+      "--query_block", type=int, default=exact.DEFAULT_QUERY_BLOCK
+  )
+  parser.add_argument("--key_block", type=int, default=exact.DEFAULT_KEY_BLOCK)
+  parser.add_argument("--sklearn_queries", type=int, default=64)
+  parser.add_argument(
+      "--quick", action="store_true", help="N=8192, sketch_n=131072"
+  )
+  args = parser.parse_args()
+  if args.quick:
+    args.n, args.sketch_n, args.sklearn_queries = 8192, 131072, 32
+  n = args.n
+  print(f"devices: {jax.devices()}")
+
+  # Other processes may share the cores: the peak is the best of three
+  # measurements (each a best of 5) spread over the run.
+  peaks = [matmul_peak_gflops()]
+
+  x = unit_vectors(n, 0)
+  x_np = np.asarray(x)
+  h = kernels.default_bandwidth(x_np, "gaussian")
+  flops = 2.0 * n * n * _D
+  ours_s, ours = _best_time(
+      lambda: exact.kernel_sums(
+          x,
+          x,
+          "gaussian",
+          h,
+          query_block=args.query_block,
+          key_block=args.key_block,
+      ),
+      repeats=3,
+  )
+  peaks.append(matmul_peak_gflops())
+  fused_s, _ = _best_time(
+      lambda: fused_kernel_sums(
+          x, h, min(args.query_block, n), min(args.key_block, n)
+      ),
+      repeats=1,
+  )
+  t0 = time.perf_counter()
+  np_sums = numpy_kernel_sums(x_np, h)
+  numpy_s = time.perf_counter() - t0
+  ours = np.asarray(ours)
+  max_rel = float(np.max(np.abs(ours - np_sums) / np_sums))
+  skl_qps = sklearn_queries_per_s(x_np, h, args.sklearn_queries)
+  sklearn_s = n / skl_qps
+  rows, buckets = sketch.DEFAULT_ROWS, sketch.DEFAULT_BUCKETS
+  t_add, t_score, w, used, mean_score = sketch_passes(
+      args.sketch_n, args.sketch_chunk, rows, buckets, seed=0
+  )
+  hash_gflops = hash_matmul_gflops(sketch.DEFAULT_BLOCK, rows)
+  peaks.append(matmul_peak_gflops())
+  peak = max(peaks)
+  print(
+      f"matmul peak (2048^3 jnp.dot): {peak:.1f} GFLOP/s (best of "
+      f"{', '.join(f'{p:.0f}' for p in peaks)}, measured across the run)"
+  )
+  print(
+      f"exact Gaussian sums, N={n}, d={_D}, h={h:.3f}, blocks "
+      f"{args.query_block}x{args.key_block}:\n"
+      f"  ours     {ours_s:8.2f} s  {flops / ours_s / 1e9:6.1f} GFLOP/s "
+      f"({flops / ours_s / 1e9 / peak:.0%} of peak)\n"
+      f"  fused    {fused_s:8.2f} s  {flops / fused_s / 1e9:6.1f} GFLOP/s "
+      "(same tiles, matmul fused into exp-sum)\n"
+      f"  numpy    {numpy_s:8.2f} s  {flops / numpy_s / 1e9:6.1f} GFLOP/s "
+      f"(max rel diff to ours {max_rel:.1e})\n"
+      f"  sklearn  {sklearn_s:8.1f} s  {flops / sklearn_s / 1e9:6.2f} GFLOP/s "
+      f"(EXTRAPOLATED from {args.sklearn_queries} queries: "
+      f"{skl_qps:.1f} queries/s)\n"
+      f"  ratios: ours/numpy {numpy_s / ours_s:.2f}x, ours/sklearn "
+      f"{sklearn_s / ours_s:.0f}x, ours/fused {fused_s / ours_s:.2f}x"
+  )
+  bound = peak * 1e9 / (2.0 * _D * rows)
+  hash_bound = hash_gflops * 1e9 / (2.0 * _D * rows)
+  add_rate, score_rate = args.sketch_n / t_add, args.sketch_n / t_score
+  print(
+      f"RACE sketch R={rows} B={buckets}, N={args.sketch_n} in chunks of "
+      f"{args.sketch_chunk}, width {w:.3f} ({used:.0f} buckets used per "
+      f"row), mean score {mean_score:.0f}:\n"
+      f"  pass 1 (add)    {t_add:7.2f} s  {add_rate:9.0f} emb/s "
+      f"({add_rate / bound:.0%} of matmul-bound {bound:.0f} emb/s)\n"
+      f"  pass 2 (scores) {t_score:7.2f} s  {score_rate:9.0f} emb/s "
+      f"({score_rate / bound:.0%} of matmul-bound)\n"
+      f"  the hashing matmul alone ([{sketch.DEFAULT_BLOCK}, {_D}] x "
+      f"[{_D}, {rows}]): {hash_gflops:.0f} GFLOP/s = {hash_bound:.0f} emb/s; "
+      f"passes at {add_rate / hash_bound:.0%} / {score_rate / hash_bound:.0%}"
+      " of it"
+  )
+  print(
+      "RESULT "
+      f"peak_gflops={peak:.1f} "
+      f"exact_n={n} "
+      f"exact_s={ours_s:.3f} "
+      f"exact_gflops={flops / ours_s / 1e9:.1f} "
+      f"exact_frac_peak={flops / ours_s / 1e9 / peak:.3f} "
+      f"fused_s={fused_s:.3f} "
+      f"numpy_s={numpy_s:.3f} "
+      f"sklearn_s_extrapolated={sklearn_s:.1f} "
+      f"vs_numpy={numpy_s / ours_s:.2f} "
+      f"vs_sklearn={sklearn_s / ours_s:.1f} "
+      f"vs_fused={fused_s / ours_s:.2f} "
+      f"sketch_n={args.sketch_n} "
+      f"add_emb_per_s={add_rate:.0f} "
+      f"scores_emb_per_s={score_rate:.0f} "
+      f"add_frac_bound={add_rate / bound:.3f} "
+      f"scores_frac_bound={score_rate / bound:.3f} "
+      f"hash_matmul_gflops={hash_gflops:.1f}"
+  )
+
+
+if __name__ == "__main__":
+  main()
