@@ -494,12 +494,34 @@ class SentenceT5(nn.Module):
 
   def __call__(self, tokens: Array) -> Array:
     """[batch, length] int32 (0 = padding) -> unit vectors [batch, out] f32."""
-    encoded = self.encoder(tokens).astype(jnp.float32)
-    mask = (tokens > 0).astype(jnp.float32)[..., None]
-    # Masked mean over the real tokens; an all-padding row pools to zeros.
-    pooled = jnp.sum(encoded * mask, axis=1) / jnp.maximum(
-      jnp.sum(mask, axis=1), 1.0
+    segments = (tokens > 0).astype(jnp.int32)
+    return self.embed_segments(tokens, segments, 1)[:, 0]
+
+  def embed_segments(
+    self, tokens: Array, segment_ids: Array, num_segments: int
+  ) -> Array:
+    """Embeds several sequences packed per row.
+
+    Args:
+      tokens: [batch, length] int32, 0 = padding.
+      segment_ids: [batch, length], 1..num_segments per row, 0 = padding.
+      num_segments: Most sequences in a row.
+
+    Returns:
+      float32 unit vectors [batch, num_segments, out]; rows of segments
+      that hold no tokens are zero.
+    """
+    encoded = self.encoder(tokens, segment_ids).astype(jnp.float32)
+    # [batch, segments, length]: which tokens belong to each segment.
+    member = (
+      segment_ids[:, None, :] == jnp.arange(1, num_segments + 1)[None, :, None]
     )
+    member = member.astype(jnp.float32)
+    counts = jnp.sum(member, axis=-1, keepdims=True)
+    # Masked mean over each segment's tokens -> [batch, segments, embed].
+    pooled = jnp.einsum(
+      "bsl,ble->bse", member, encoded, precision=jax.lax.Precision.HIGHEST
+    ) / jnp.maximum(counts, 1.0)
     projected = self.projection(pooled.astype(jnp.dtype(self.config.dtype)))
     projected = projected.astype(jnp.float32)
     norm = jnp.linalg.norm(projected, axis=-1, keepdims=True)

@@ -1,0 +1,477 @@
+"""The streaming loop shared by the model stages (score, embed).
+
+read records -> tokenize on host threads -> pack into length buckets ->
+sharded device step -> write shards, in order.
+
+Records are processed in chunks: one chunk per corpus block (at most
+`chunk_size` consecutive records of one file, see `Corpus.records`). Inside a
+chunk, token sequences are packed (first-fit decreasing) into rows of at most
+`max_length` tokens and up to `max_segments` sequences; rows are grouped into
+length buckets (multiples of `bucket_step`) with a per-bucket batch size from a
+token budget, so each (bucket, batch) shape compiles once. Results are put
+back in input order and written one chunk per write; shards end at write
+boundaries. Chunks are thus the same whatever the process count, and a run
+resumed after a kill starts at a chunk boundary: it recomputes exactly the
+chunks it lost, and scores and shard bytes equal an uninterrupted run's. The
+next chunk is read and tokenized on a
+host thread while the device works on the current one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import jax
+import numpy as np
+
+from data_efficient import sharding
+
+if TYPE_CHECKING:
+  from data_efficient.io import corpus as corpus_lib
+  from data_efficient.io import results
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """Host-side output of a stage for one chunk of records."""
+
+  ids: list[np.ndarray]  # token ids per record, each shorter than max_length
+  columns: dict[str, np.ndarray]  # per-record columns computed on the host
+
+
+class Stage(Protocol):
+  """What a model stage supplies to the runner."""
+
+  def prepare(self, texts: list[str]) -> Prepared:
+    """Tokenizes a chunk of texts (host)."""
+
+  def step(self, params, tokens, segment_ids, num_segments: int) -> dict:
+    """Device computation: [b, len] rows -> dict of [b, segments, ...]."""
+
+  def finalize(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-record device outputs -> output columns."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PackingConfig:
+  """How sequences become device batches.
+
+  Attributes:
+    max_length: Row length cap; every sequence must be at most this long.
+    max_segments: Most sequences packed into one row (1 disables packing).
+    bucket_step: Row lengths are rounded up to a multiple of this.
+    tokens_per_batch: Token budget of one device batch (rows x length).
+  """
+
+  max_length: int = 512
+  max_segments: int = 8
+  bucket_step: int = 64
+  tokens_per_batch: int = 16384
+
+
+def pack(
+  lengths: np.ndarray, max_length: int, max_segments: int
+) -> list[list[int]]:
+  """First-fit-decreasing packing of sequences into rows.
+
+  Args:
+    lengths: [n] sequence lengths, each in 1..max_length.
+    max_length: Row capacity in tokens.
+    max_segments: Most sequences per row.
+
+  Returns:
+    Rows as lists of sequence indices; every index appears exactly once.
+    Deterministic: ties in length are broken by index.
+  """
+  order = np.lexsort((np.arange(len(lengths)), -np.asarray(lengths)))
+  rows: list[list[int]] = []
+  free: list[int] = []
+  for i in order:
+    n = int(lengths[i])
+    for r, space in enumerate(free):
+      if space >= n and len(rows[r]) < max_segments:
+        rows[r].append(int(i))
+        free[r] -= n
+        break
+    else:
+      rows.append([int(i)])
+      free.append(max_length - n)
+  return rows
+
+
+@dataclasses.dataclass
+class Batch:
+  tokens: np.ndarray  # int32 [b, len]
+  segment_ids: np.ndarray  # int32 [b, len], 1..s per row, 0 = padding
+  members: list[list[int]]  # per row: record index of each segment
+
+
+def make_batches(
+  ids: list[np.ndarray], packing: PackingConfig, batch_multiple: int
+) -> Iterator[Batch]:
+  """Packs a chunk's sequences into fixed-shape batches, bucket by bucket.
+
+  Batch sizes are multiples of `batch_multiple` (the data-parallel width);
+  short final batches are padded with empty rows so shapes repeat.
+  """
+  lengths = np.asarray([len(x) for x in ids])
+  if lengths.size and (lengths.min() < 1 or lengths.max() > packing.max_length):
+    raise ValueError(
+      f"Sequence lengths must be in 1..{packing.max_length}; got "
+      f"{lengths.min()}..{lengths.max()}."
+    )
+  rows = pack(lengths, packing.max_length, packing.max_segments)
+  step = packing.bucket_step
+  buckets: dict[int, list[list[int]]] = {}
+  for row in rows:
+    used = int(lengths[row].sum())
+    bucket = min(packing.max_length, -(-used // step) * step)
+    buckets.setdefault(bucket, []).append(row)
+  for bucket in sorted(buckets):
+    full = max(1, packing.tokens_per_batch // bucket)
+    full = max(batch_multiple, full // batch_multiple * batch_multiple)
+    group = buckets[bucket]
+    for start in range(0, len(group), full):
+      members = group[start : start + full]
+      size = _batch_rows(len(members), full, batch_multiple)
+      tokens = np.zeros((size, bucket), np.int32)
+      segments = np.zeros((size, bucket), np.int32)
+      for r, row in enumerate(members):
+        offset = 0
+        for s, i in enumerate(row):
+          n = len(ids[i])
+          tokens[r, offset : offset + n] = ids[i]
+          segments[r, offset : offset + n] = s + 1
+          offset += n
+      yield Batch(tokens, segments, members)
+
+
+def _batch_rows(rows: int, full: int, multiple: int) -> int:
+  """Rows of the batch holding `rows` rows: `full`, or for a bucket's last
+  batch the smallest `multiple` * 2^k that fits, so padding rows stay under
+  half a batch while the number of compiled shapes stays logarithmic."""
+  size = multiple
+  while size < rows:
+    size *= 2
+  return min(size, full)
+
+
+@dataclasses.dataclass
+class RunStats:
+  """What a run did, for the summary and the manifest."""
+
+  records: int = 0
+  resumed_from: int = 0
+  real_tokens: int = 0
+  padded_tokens: int = 0
+  host_seconds: float = 0.0
+  device_seconds: float = 0.0
+  wall_seconds: float = 0.0
+
+  @property
+  def padding_fraction(self) -> float:
+    if not self.padded_tokens:
+      return 0.0
+    return 1.0 - self.real_tokens / self.padded_tokens
+
+  def as_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["padding_fraction"] = round(self.padding_fraction, 4)
+    d["docs_per_second"] = round(self.records / max(self.wall_seconds, 1e-9), 2)
+    return d
+
+
+class Runner:
+  """Runs a stage over a record stream on a mesh, writing result shards."""
+
+  def __init__(
+    self,
+    stage: Stage,
+    params,
+    mesh: jax.sharding.Mesh,
+    packing: PackingConfig,
+    param_shardings=None,
+  ):
+    self.stage = stage
+    self.packing = packing
+    self.mesh = mesh
+    self._batch_sharding = sharding.batch_sharding(mesh)
+    if param_shardings is None:
+      param_shardings = jax.tree.map(
+        lambda _: sharding.replicated(mesh), params
+      )
+    self.params = jax.device_put(params, param_shardings)
+    self._step = jax.jit(
+      stage.step,
+      static_argnums=(3,),
+      in_shardings=(
+        param_shardings,
+        self._batch_sharding,
+        self._batch_sharding,
+      ),
+      out_shardings=self._batch_sharding,
+    )
+
+  def _device_outputs(
+    self, prepared: Prepared, stats: RunStats
+  ) -> dict[str, np.ndarray]:
+    """Runs every batch of a chunk; returns per-record outputs in order."""
+    n = len(prepared.ids)
+    outputs: dict[str, np.ndarray] = {}
+    width = self.mesh.shape[sharding.DATA]
+    pending = []
+    start = time.perf_counter()
+    for batch in make_batches(prepared.ids, self.packing, width):
+      result = self._step(
+        self.params,
+        batch.tokens,
+        batch.segment_ids,
+        self.packing.max_segments,
+      )
+      pending.append((batch, result))  # dispatch is asynchronous
+      stats.padded_tokens += batch.tokens.size
+    for batch, result in pending:
+      result = jax.device_get(result)
+      for name, value in result.items():
+        if name not in outputs:
+          outputs[name] = np.zeros((n,) + value.shape[2:], value.dtype)
+        for r, row in enumerate(batch.members):
+          outputs[name][row] = value[r, : len(row)]
+    stats.device_seconds += time.perf_counter() - start
+    stats.real_tokens += sum(len(x) for x in prepared.ids)
+    return outputs
+
+  def run(
+    self,
+    records: Iterable[corpus_lib.Record],
+    writer: results.ResultWriter,
+    *,
+    chunk_size: int,
+    total: int | None = None,
+    progress: bool = True,
+    on_chunk: Callable[[RunStats], None] | None = None,
+  ) -> RunStats:
+    """Scores `records` (already positioned after `writer.rows_done`).
+
+    Args:
+      records: This process's record stream, starting at the resume point.
+      writer: Where rows go, one write per chunk.
+      chunk_size: Records per chunk.
+      total: Records expected in this run, for the ETA (None if unknown).
+      progress: Show a progress bar on stderr.
+      on_chunk: Called after each chunk is written (tests use it).
+    """
+    stats = RunStats(resumed_from=writer.rows_done)
+    chunks = _chunked(records, chunk_size)
+    bar = _progress_bar(progress, total, writer.rows_done)
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      future = pool.submit(self._read_and_prepare, chunks)
+      while True:
+        chunk, prepared, host_seconds = future.result()
+        if not chunk:
+          break
+        future = pool.submit(self._read_and_prepare, chunks)
+        stats.host_seconds += host_seconds
+        outputs = self._device_outputs(prepared, stats)
+        columns = dict(prepared.columns)
+        columns.update(self.stage.finalize(outputs))
+        writer.write(_row_columns(chunk, columns))
+        stats.records += len(chunk)
+        stats.wall_seconds = time.perf_counter() - t0
+        if bar is not None:
+          bar.update(len(chunk))
+          bar.set_postfix_str(
+            f"docs/s={stats.records / stats.wall_seconds:.1f} "
+            f"tokens/s={stats.real_tokens / stats.wall_seconds:.0f} "
+            f"pad={stats.padding_fraction:.1%}",
+            refresh=False,
+          )
+        if on_chunk is not None:
+          on_chunk(stats)
+    stats.wall_seconds = time.perf_counter() - t0
+    if bar is not None:
+      bar.close()
+    return stats
+
+  def _read_and_prepare(self, chunks: Iterator[list[corpus_lib.Record]]):
+    start = time.perf_counter()
+    chunk = next(chunks, [])
+    prepared = self.stage.prepare([r.text for r in chunk]) if chunk else None
+    return chunk, prepared, time.perf_counter() - start
+
+
+def _chunked(
+  records: Iterable[corpus_lib.Record], size: int
+) -> Iterator[list[corpus_lib.Record]]:
+  """Chunks of consecutive records of one corpus block (at most `size`).
+
+  Readers asked for `block_size=size` mark each record with its block, and a
+  block's records all belong to one process: so chunks, and the packing
+  inside them, are the same whatever the process count or resume point.
+  """
+  chunk: list[corpus_lib.Record] = []
+  for record in records:
+    if chunk and (len(chunk) == size or record.block != chunk[-1].block):
+      yield chunk
+      chunk = []
+    chunk.append(record)
+  if chunk:
+    yield chunk
+
+
+def _whole_blocks(
+  records: Iterable[corpus_lib.Record], limit: int
+) -> Iterator[corpus_lib.Record]:
+  """At least `limit` records (if there are), ending at a block boundary."""
+  last = None
+  for n, record in enumerate(records):
+    if n >= limit and record.block != last:
+      return
+    last = record.block
+    yield record
+
+
+def _row_columns(
+  chunk: list[corpus_lib.Record], columns: Mapping[str, np.ndarray]
+) -> dict[str, Any]:
+  rows = {
+    "id": [r.id for r in chunk],
+    "problem": [r.problem for r in chunk],
+  }
+  rows.update(columns)
+  return rows
+
+
+def _progress_bar(enabled: bool, total: int | None, initial: int):
+  if not enabled:
+    return None
+  import tqdm  # Only the CLI shows progress.
+
+  return tqdm.tqdm(
+    total=total,
+    initial=initial,
+    unit="doc",
+    file=sys.stderr,
+    dynamic_ncols=True,
+    smoothing=0.1,
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class StageOutput:
+  """Where and how a model stage writes (the CLI fills it from flags)."""
+
+  output_dir: str
+  schema: Any  # pyarrow.Schema of the rows
+  run_config: dict[str, Any]  # everything that determines the rows
+  provenance: dict[str, Any]  # extra manifest fields (model, prompt, ...)
+  chunk_size: int = 2048
+  chunks_per_shard: int = 16
+  limit: int | None = None  # records per process, rounded up to whole blocks
+  progress: bool = True
+
+
+def run_stage(
+  runner: Runner,
+  corpus: corpus_lib.Corpus,
+  out: StageOutput,
+  *,
+  on_chunk: Callable[[RunStats], None] | None = None,
+) -> dict[str, Any]:
+  """Runs a model stage for this process, resuming, then writes the manifest.
+
+  Every process writes its own shards and statistics; process 0 waits for
+  all of them and writes `manifest.json` last, atomically. Rerunning a
+  finished run's command changes nothing and returns its manifest.
+
+  Returns:
+    The manifest (on process 0) or this process's row count.
+  """
+  from data_efficient.io import results
+
+  index, count = jax.process_index(), jax.process_count()
+  try:
+    manifest = results.read_manifest(out.output_dir)
+  except results.OutputError:
+    pass  # not finished: run (or resume)
+  else:
+    if manifest.get("run_config") == out.run_config:
+      print(f"{out.output_dir} is already complete.", file=sys.stderr)
+      return manifest
+  writer = results.ResultWriter(
+    out.output_dir,
+    out.schema,
+    process_index=index,
+    process_count=count,
+    rows_per_shard=out.chunk_size * out.chunks_per_shard,
+    run_config=out.run_config,
+  )
+  start = writer.rows_done
+  records = corpus.records(index, count, start=start, block_size=out.chunk_size)
+  total = None
+  if out.limit is not None:
+    records = _whole_blocks(records, max(0, out.limit - start))
+    total = out.limit
+  if start:
+    print(
+      f"[process {index}] resuming after {start} rows already written.",
+      file=sys.stderr,
+    )
+  stats = runner.run(
+    records,
+    writer,
+    chunk_size=out.chunk_size,
+    total=total,
+    progress=out.progress and index == 0,
+    on_chunk=on_chunk,
+  )
+  rows = writer.close()
+  # Statistics of this session only (a resumed run reports what it redid).
+  results.write_json(
+    out.output_dir,
+    f"stats-{index:05d}.json",
+    {"process_index": index, "rows": rows, "stats": stats.as_dict()},
+  )
+  sharding.barrier(f"{out.output_dir}:done")
+  if index:
+    return {"process_index": index, "rows": rows}
+  manifest = dict(out.provenance)
+  manifest.update(
+    run_config=out.run_config,
+    processes=[
+      results.read_json(out.output_dir, f"stats-{i:05d}.json")
+      for i in range(count)
+    ],
+    code_version=code_version(),
+  )
+  return results.write_manifest(out.output_dir, manifest)
+
+
+def code_version() -> str:
+  """The package version, plus the git commit when run from a checkout."""
+  import importlib.metadata
+  import os
+  import subprocess
+
+  try:
+    version = importlib.metadata.version("data_efficient")
+  except importlib.metadata.PackageNotFoundError:
+    version = "unknown"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(
+      ["git", "-C", root, "rev-parse", "--short", "HEAD"],
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=5,
+    ).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return version
+  return f"{version}+g{commit}"

@@ -1,0 +1,247 @@
+"""From score directories to a selection: the paper's samplers, seeded.
+
+A selection directory is a results directory whose rows are the kept ids,
+sorted, with a manifest naming the sampler, rate or k, seed, the inputs'
+manifests and the counts. Every sampler is deterministic given the seed and
+independent of how the scores were sharded (see `sampling`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from data_efficient import sampling
+
+# Which score a stage's directory contributes, by the manifest's `stage`.
+QUALITY, DENSITY = "quality", "density"
+
+# sampler -> (scores it needs, description)
+SAMPLERS: dict[str, tuple[tuple[str, ...], str]] = {
+  "askllm-topk": ((QUALITY,), "highest Ask-LLM P(yes)"),
+  "density-ips": ((DENSITY,), "inverse propensity, p ~ 1/density"),
+  "density-topk": ((DENSITY,), "highest density (crowded regions)"),
+  "density-bottomk": ((DENSITY,), "lowest density (outliers)"),
+  "random": ((), "uniform, keyed by id"),
+  "askllm-then-ips": (
+    (QUALITY, DENSITY),
+    "Ask-LLM top --quality_rate, then inverse propensity within it",
+  ),
+}
+
+# Records whose text could not be read carry no information to rank by.
+DEFAULT_EXCLUDED_PROBLEMS = (
+  "malformed_json",
+  "missing_field",
+  "not_a_string",
+  "read_error",
+  "duplicate_id",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+  """One score per id, from one stage's output directory."""
+
+  kind: str  # QUALITY or DENSITY
+  path: str
+  column: str
+  ids: np.ndarray  # [n] str
+  values: np.ndarray  # [n] float64
+  problems: np.ndarray  # [n] str ('' = none)
+  manifest: dict
+
+
+def read_scores(path: str, column: str | None = None) -> Scores:
+  """Reads a `score` or `density` output directory.
+
+  Raises:
+    ValueError: if the directory is not a score or density output, or has
+      no such column.
+  """
+  from data_efficient.io import results
+
+  manifest = results.read_manifest(path)
+  stage = manifest.get("stage")
+  if stage == "score":
+    kind, column = QUALITY, column or manifest.get("score_column", "p_yes")
+  elif stage == "density":
+    kind, column = DENSITY, column or "density"
+  else:
+    raise ValueError(
+      f"{path}: a '{stage}' directory holds no scores to select by; pass "
+      "the output of `data-efficient score` or `data-efficient density`."
+    )
+  table = results.read_results(path, columns=["id", "problem", column])
+  problems = table.column("problem").to_pylist()
+  return Scores(
+    kind=kind,
+    path=path,
+    column=column,
+    ids=np.asarray(table.column("id").to_pylist(), dtype=object),
+    values=table.column(column)
+    .to_numpy(zero_copy_only=False)
+    .astype(np.float64),
+    problems=np.asarray([p or "" for p in problems], dtype=object),
+    manifest=manifest,
+  )
+
+
+def _aligned(
+  inputs: Sequence[Scores],
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+  """(ids, kind -> values, problems), all in the order of sorted ids.
+
+  Raises:
+    ValueError: if two inputs score different sets of ids, or one kind is
+      given twice.
+  """
+  base = inputs[0]
+  order = np.argsort(base.ids, kind="stable")
+  ids = base.ids[order]
+  values = {}
+  problems = base.problems[order]
+  for s in inputs:
+    if s.kind in values:
+      raise ValueError(f"Two {s.kind} inputs given ({s.path}); pass one.")
+    o = np.argsort(s.ids, kind="stable")
+    if len(s.ids) != len(ids) or not np.array_equal(s.ids[o], ids):
+      only = len(set(s.ids) ^ set(ids))
+      raise ValueError(
+        f"{s.path} and {base.path} score different examples ({only} ids "
+        "in one but not the other): they come from different corpora or "
+        "runs."
+      )
+    values[s.kind] = s.values[o]
+  return ids, values, problems
+
+
+def select(
+  sampler: str,
+  inputs: Sequence[Scores],
+  *,
+  rate: float | None = None,
+  k: int | None = None,
+  seed: int = 0,
+  quality_rate: float | None = None,
+  excluded_problems: Sequence[str] = DEFAULT_EXCLUDED_PROBLEMS,
+) -> tuple[np.ndarray, dict]:
+  """Runs `sampler` over the aligned inputs.
+
+  Args:
+    sampler: A key of SAMPLERS.
+    inputs: The score directories the sampler needs (`read_scores`); the
+      `random` sampler needs any one, for the ids.
+    rate: Fraction of the corpus to keep (`sampling.rate_to_k` rounding);
+      k is counted over all rows, excluded ones included.
+    k: Number to keep, instead of rate.
+    seed: Seed of the random samplers.
+    quality_rate: For askllm-then-ips: the Ask-LLM top fraction kept before
+      inverse propensity sampling; at least rate.
+    excluded_problems: Rows with any of these problems are never selected.
+
+  Returns:
+    (sorted selected ids, counts for the manifest).
+
+  Raises:
+    ValueError: on an unknown sampler, missing inputs, or bad rate/k.
+  """
+  if sampler not in SAMPLERS:
+    raise ValueError(
+      f"Unknown sampler {sampler!r}; choose from {list(SAMPLERS)}."
+    )
+  if not inputs:
+    raise ValueError("Give at least one score directory (--scores).")
+  needs = SAMPLERS[sampler][0]
+  have = {s.kind for s in inputs}
+  if missing := [n for n in needs if n not in have]:
+    raise ValueError(
+      f"--sampler {sampler} needs {' and '.join(missing)} scores "
+      f"({'data-efficient score' if QUALITY in missing else 'data-efficient density'} output)."
+    )
+  ids, values, problems = _aligned(inputs)
+  n = len(ids)
+  if (rate is None) == (k is None):
+    raise ValueError("Give exactly one of --rate and --k.")
+  k = sampling.rate_to_k(rate, n) if rate is not None else k
+  excluded = np.asarray(
+    [bool(set(p.split(",")) & set(excluded_problems)) for p in problems], bool
+  )
+  eligible = ~excluded
+  if k > eligible.sum():
+    raise ValueError(
+      f"k={k} is more than the {int(eligible.sum())} eligible examples "
+      f"({int(excluded.sum())} excluded for problems {list(excluded_problems)})."
+    )
+  ids_e = ids[eligible]
+  vals = {kind: v[eligible] for kind, v in values.items()}
+  if sampler == "askllm-topk":
+    chosen = sampling.top_k(ids_e, vals[QUALITY], k)
+  elif sampler == "density-ips":
+    chosen = sampling.inverse_propensity_sample(ids_e, vals[DENSITY], k, seed)
+  elif sampler == "density-topk":
+    chosen = sampling.top_k(ids_e, vals[DENSITY], k)
+  elif sampler == "density-bottomk":
+    chosen = sampling.bottom_k(ids_e, vals[DENSITY], k)
+  elif sampler == "random":
+    chosen = sampling.uniform_sample(ids_e, k, seed)
+  else:  # askllm-then-ips
+    quality_rate = (
+      quality_rate if quality_rate is not None else min(1.0, 2 * k / n)
+    )
+    top = sampling.rate_to_k(quality_rate, n)
+    if top < k:
+      raise ValueError(
+        f"--quality_rate {quality_rate} keeps {top} examples, fewer than "
+        f"the {k} to select."
+      )
+    pool = np.isin(
+      ids_e, sampling.top_k(ids_e, vals[QUALITY], min(top, len(ids_e)))
+    )
+    chosen = sampling.inverse_propensity_sample(
+      ids_e[pool], vals[DENSITY][pool], k, seed
+    )
+  counts = {
+    "num_examples": n,
+    "num_excluded": int(excluded.sum()),
+    "num_selected": len(chosen),
+  }
+  if sampler == "askllm-then-ips":
+    counts["quality_rate"] = quality_rate
+  return chosen, counts
+
+
+def selection_manifest(
+  sampler: str,
+  inputs: Sequence[Scores],
+  counts: Mapping,
+  *,
+  rate: float | None,
+  k: int | None,
+  seed: int,
+  excluded_problems: Sequence[str],
+) -> dict:
+  """Provenance of a selection directory."""
+  corpus = inputs[0].manifest.get("run_config", {}).get("corpus")
+  return {
+    "stage": "select",
+    "sampler": sampler,
+    "description": SAMPLERS[sampler][1],
+    "rate": rate,
+    "k": k,
+    "seed": seed,
+    "excluded_problems": list(excluded_problems),
+    "counts": dict(counts),
+    "corpus": corpus,
+    "inputs": [
+      {
+        "path": s.path,
+        "kind": s.kind,
+        "column": s.column,
+        "manifest": s.manifest,
+      }
+      for s in inputs
+    ],
+  }
