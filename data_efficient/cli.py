@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -24,6 +25,9 @@ _SAMPLERS = (
   "density-bottomk",
   "random",
   "askllm-then-ips",
+  "semdedup",
+  "prototypes",
+  "perplexity",
 )
 _EXCLUDED = (
   "malformed_json",
@@ -154,6 +158,24 @@ def build_parser() -> argparse.ArgumentParser:
   _add_run_flags(score)
   score.set_defaults(func=_score)
 
+  ppl = sub.add_parser(
+    "perplexity",
+    help="Perplexity-filter baseline: mean token NLL under a prefix-LM T5.",
+    description="Scores every record by the mean negative log-likelihood of "
+    "its second half given its first half (docs/perplexity.md), under a T5 "
+    "1.1 LM-adapted checkpoint. Rerun the same command to resume.",
+  )
+  _add_corpus_flags(ppl)
+  _add_model_flags(ppl, default_model=None)
+  ppl.add_argument(
+    "--max_tokens",
+    type=int,
+    default=512,
+    help="Tokens of the example that are kept and split (prefix + target).",
+  )
+  _add_run_flags(ppl)
+  ppl.set_defaults(func=_perplexity, tokens_per_batch=8192)
+
   emb = sub.add_parser(
     "embed",
     help="Sentence-T5 embeddings of every example (DENSITY's input).",
@@ -223,8 +245,91 @@ def build_parser() -> argparse.ArgumentParser:
     help="Sketch: subtract the expected bucket-collision count.",
   )
   den.add_argument("--batch_rows", type=int, default=65536)
+  den.add_argument(
+    "--checkpoint_every",
+    type=int,
+    default=10_000_000,
+    help="Sketch: save pass 1's counts (Orbax, OUTPUT/sketch_checkpoints) "
+    "at the first batch end after every this many rows, and when pass 1 "
+    "ends; a rerun resumes from the last save. 0 disables.",
+  )
   den.add_argument("--no_progress", action="store_true")
   den.set_defaults(func=_density)
+
+  clu = sub.add_parser(
+    "cluster",
+    help="SemDeDup or SSL-prototype scores from k-means of the embeddings.",
+    description="Spherical (cosine) k-means of the embeddings, streaming "
+    "and sharded over all devices, then one score per example: "
+    "'semdedup' (its largest cosine similarity to a cluster-mate farther "
+    "from the centroid; select --sampler semdedup keeps the lowest) or "
+    "'prototypes' (its distance to the nearest centroid; select --sampler "
+    "prototypes keeps the farthest). k-means saves its centroids every "
+    "--checkpoint_every iterations (OUTPUT/kmeans_checkpoints): rerun the "
+    "same command after an interruption to resume.",
+  )
+  clu.add_argument(
+    "--embeddings",
+    required=True,
+    help="An `embed` output directory, or a .npy float matrix [N, d].",
+  )
+  clu.add_argument("--output", required=True, help="Output directory.")
+  clu.add_argument(
+    "--method",
+    required=True,
+    choices=("semdedup", "prototypes"),
+    help="The score to write (the manifest's stage name).",
+  )
+  clu.add_argument(
+    "--clusters", type=int, default=10000, help="k (the paper: 10,000)."
+  )
+  clu.add_argument(
+    "--iterations",
+    type=int,
+    default=20,
+    help="Lloyd iterations, one pass over the embeddings each.",
+  )
+  clu.add_argument(
+    "--seed", type=int, default=0, help="Seed of the initial centroids."
+  )
+  clu.add_argument(
+    "--init",
+    choices=("kmeans++", "random"),
+    default="kmeans++",
+    help="Initial centroids from a seeded sample of --init_sample rows: "
+    "k-means++ on it, or its first k rows.",
+  )
+  clu.add_argument("--init_sample", type=int, default=65536)
+  clu.add_argument(
+    "--distance",
+    choices=("cosine", "euclidean"),
+    default="cosine",
+    help="cosine: spherical k-means on unit vectors (SemDeDup's).",
+  )
+  clu.add_argument(
+    "--eps",
+    type=float,
+    default=0.1,
+    help="semdedup: pairs with cosine similarity above 1 - eps are "
+    "near-duplicates (sets the semdedup_keep column; select --rate picks "
+    "its own cut).",
+  )
+  clu.add_argument(
+    "--group_rows",
+    type=int,
+    default=2_000_000,
+    help="semdedup: most embeddings held in memory at once (whole "
+    "clusters; one pass over the input per group).",
+  )
+  clu.add_argument("--batch_rows", type=int, default=65536)
+  clu.add_argument(
+    "--checkpoint_every",
+    type=int,
+    default=1,
+    help="Iterations between k-means checkpoints (0: only the last).",
+  )
+  clu.add_argument("--no_progress", action="store_true")
+  clu.set_defaults(func=_cluster)
 
   conv = sub.add_parser(
     "convert",
@@ -474,6 +579,30 @@ def _score(args) -> int:
   )
 
 
+def _perplexity(args) -> int:
+  _init_processes(args)
+  from data_efficient import perplexity
+  from data_efficient.models import t5, tokenizer
+
+  config, params = _load_model(args)
+  tok = tokenizer.Tokenizer(args.vocab or tokenizer.DEFAULT_VOCAB)
+  stage = perplexity.PerplexityStage(config, tok, args.max_tokens)
+  return _run_model_stage(
+    args,
+    stage,
+    config,
+    params,
+    t5.abstract_params(config),
+    perplexity.schema(),
+    {
+      "stage": "perplexity",
+      "max_tokens": args.max_tokens,
+      "split": perplexity.SPLIT_VERSION,
+    },
+    {"stage": "perplexity", "score_column": "mean_nll"},
+  )
+
+
 def _embed(args) -> int:
   _init_processes(args)
   from data_efficient import embed
@@ -593,6 +722,10 @@ def _density(args) -> int:
     start=writer.rows_done,
     batch_rows=args.batch_rows,
     progress=not args.no_progress,
+    checkpoint_dir=os.path.join(args.output, run.SKETCH_CHECKPOINTS)
+    if args.checkpoint_every > 0
+    else None,
+    checkpoint_every=args.checkpoint_every,
   ):
     writer.write({"id": ids, "problem": problems, "density": values})
   writer.close()
@@ -611,6 +744,81 @@ def _density(args) -> int:
   )
   print(json.dumps({"output": args.output, "rows": manifest["num_rows"],
                     "bandwidth": config.bandwidth}, indent=2))  # fmt: skip
+  return 0
+
+
+def _cluster(args) -> int:
+  import dataclasses
+
+  from data_efficient import baselines, clustering, runner, sharding
+  from data_efficient.io import results
+
+  config = clustering.KMeansConfig(
+    clusters=args.clusters,
+    iterations=args.iterations,
+    seed=args.seed,
+    spherical=args.distance == "cosine",
+    init=args.init,
+    init_sample=args.init_sample,
+  )
+  run_config = {
+    "stage": args.method,
+    "embeddings": args.embeddings,
+    "batch_rows": args.batch_rows,
+    "kmeans": dataclasses.asdict(config),
+  }
+  if args.method == baselines.SEMDEDUP:
+    run_config["eps"] = args.eps
+  if _already_complete(args.output, run_config):
+    return 0
+  writer = results.ResultWriter(
+    args.output,
+    baselines.schema(args.method),
+    rows_per_shard=args.batch_rows,
+    run_config=run_config,
+  )
+  t0 = time.perf_counter()
+  scores = baselines.cluster_scores(
+    args.embeddings,
+    args.method,
+    config,
+    sharding.make_mesh(),
+    eps=args.eps,
+    batch_rows=args.batch_rows,
+    group_rows=args.group_rows,
+    checkpoint_dir=os.path.join(args.output, baselines.KMEANS_CHECKPOINTS),
+    checkpoint_every=args.checkpoint_every,
+    progress=not args.no_progress,
+  )
+  for batch in baselines.batches(
+    args.embeddings,
+    scores,
+    start=writer.rows_done,
+    batch_rows=args.batch_rows,
+  ):
+    writer.write(batch)
+  writer.close()
+  inputs = None
+  if not args.embeddings.endswith(".npy"):
+    inputs = results.read_manifest(args.embeddings)
+  summary = scores.summary()
+  manifest = results.write_manifest(
+    args.output,
+    {
+      "stage": args.method,
+      "score_column": baselines.SCORE_COLUMNS[args.method],
+      "run_config": run_config,
+      "clustering": summary,
+      "embeddings_manifest": inputs,
+      "seconds": round(time.perf_counter() - t0, 2),
+      "code_version": runner.code_version(),
+    },
+  )
+  out = {"output": args.output, "rows": manifest["num_rows"]}
+  out.update({k: summary[k] for k in ("empty_clusters", "cluster_size")})
+  if args.method == baselines.SEMDEDUP:
+    out.update(num_kept=summary["num_kept"], num_removed=summary["num_removed"])
+  print(json.dumps(out, indent=2))
   return 0
 
 

@@ -42,6 +42,9 @@ class Prepared:
 
   ids: list[np.ndarray]  # token ids per record, each shorter than max_length
   columns: dict[str, np.ndarray]  # per-record columns computed on the host
+  # Encoder-decoder stages only: per-record decoder targets, packed into a
+  # parallel row under the same segment number (see `make_batches`).
+  decoder_target_ids: list[np.ndarray] | None = None
 
 
 class Stage(Protocol):
@@ -109,17 +112,28 @@ class Batch:
   tokens: np.ndarray  # int32 [b, len]
   segment_ids: np.ndarray  # int32 [b, len], 1..s per row, 0 = padding
   members: list[list[int]]  # per row: record index of each segment
+  # With decoder targets: the parallel decoder row, same shape and numbering.
+  decoder_target_tokens: np.ndarray | None = None
+  decoder_segment_ids: np.ndarray | None = None
 
 
 def make_batches(
-  ids: list[np.ndarray], packing: PackingConfig, batch_multiple: int
+  ids: list[np.ndarray],
+  packing: PackingConfig,
+  batch_multiple: int,
+  decoder_target_ids: list[np.ndarray] | None = None,
 ) -> Iterator[Batch]:
   """Packs a chunk's sequences into fixed-shape batches, bucket by bucket.
 
   Batch sizes are multiples of `batch_multiple` (the data-parallel width);
-  short final batches are padded with empty rows so shapes repeat.
+  short final batches are padded with empty rows so shapes repeat. With
+  `decoder_target_ids`, a record is packed by the longer of its two
+  sequences and its decoder targets fill a parallel row of the same shape,
+  as the same segment number.
   """
   lengths = np.asarray([len(x) for x in ids])
+  if decoder_target_ids is not None:
+    lengths = np.maximum(lengths, [len(x) for x in decoder_target_ids])
   if lengths.size and (lengths.min() < 1 or lengths.max() > packing.max_length):
     raise ValueError(
       f"Sequence lengths must be in 1..{packing.max_length}; got "
@@ -139,16 +153,29 @@ def make_batches(
     for start in range(0, len(group), full):
       members = group[start : start + full]
       size = _batch_rows(len(members), full, batch_multiple)
-      tokens = np.zeros((size, bucket), np.int32)
-      segments = np.zeros((size, bucket), np.int32)
-      for r, row in enumerate(members):
-        offset = 0
-        for s, i in enumerate(row):
-          n = len(ids[i])
-          tokens[r, offset : offset + n] = ids[i]
-          segments[r, offset : offset + n] = s + 1
-          offset += n
-      yield Batch(tokens, segments, members)
+      tokens, segments = _fill_rows(ids, members, (size, bucket))
+      batch = Batch(tokens, segments, members)
+      if decoder_target_ids is not None:
+        batch.decoder_target_tokens, batch.decoder_segment_ids = _fill_rows(
+          decoder_target_ids, members, (size, bucket)
+        )
+      yield batch
+
+
+def _fill_rows(
+  ids: list[np.ndarray], members: list[list[int]], shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+  """[b, len] tokens and segment ids: row r holds members[r] in order."""
+  tokens = np.zeros(shape, np.int32)
+  segments = np.zeros(shape, np.int32)
+  for r, row in enumerate(members):
+    offset = 0
+    for s, i in enumerate(row):
+      n = len(ids[i])
+      tokens[r, offset : offset + n] = ids[i]
+      segments[r, offset : offset + n] = s + 1
+      offset += n
+  return tokens, segments
 
 
 def _batch_rows(rows: int, full: int, multiple: int) -> int:
@@ -206,14 +233,14 @@ class Runner:
         lambda _: sharding.replicated(mesh), params
       )
     self.params = jax.device_put(params, param_shardings)
+    # Encoder-decoder stages (`seq2seq = True`) also take the decoder rows,
+    # after num_segments: step(params, tokens, segment_ids, num_segments,
+    # decoder_target_tokens, decoder_segment_ids).
+    arrays = 4 if getattr(stage, "seq2seq", False) else 2
     self._step = jax.jit(
       stage.step,
       static_argnums=(3,),
-      in_shardings=(
-        param_shardings,
-        self._batch_sharding,
-        self._batch_sharding,
-      ),
+      in_shardings=(param_shardings,) + (self._batch_sharding,) * arrays,
       out_shardings=self._batch_sharding,
     )
 
@@ -226,15 +253,17 @@ class Runner:
     width = self.mesh.shape[sharding.DATA]
     pending = []
     start = time.perf_counter()
-    for batch in make_batches(prepared.ids, self.packing, width):
-      result = self._step(
-        self.params,
-        batch.tokens,
-        batch.segment_ids,
-        self.packing.max_segments,
-      )
+    decoder = prepared.decoder_target_ids
+    for batch in make_batches(prepared.ids, self.packing, width, decoder):
+      args = [self.params, batch.tokens, batch.segment_ids]
+      args.append(self.packing.max_segments)
+      if decoder is not None:
+        args += [batch.decoder_target_tokens, batch.decoder_segment_ids]
+      result = self._step(*args)
       pending.append((batch, result))  # dispatch is asynchronous
       stats.padded_tokens += batch.tokens.size
+      if decoder is not None:
+        stats.padded_tokens += batch.decoder_target_tokens.size
     for batch, result in pending:
       result = jax.device_get(result)
       for name, value in result.items():
@@ -244,6 +273,8 @@ class Runner:
           outputs[name][row] = value[r, : len(row)]
     stats.device_seconds += time.perf_counter() - start
     stats.real_tokens += sum(len(x) for x in prepared.ids)
+    if decoder is not None:
+      stats.real_tokens += sum(len(x) for x in decoder)
     return outputs
 
   def run(

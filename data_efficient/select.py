@@ -17,6 +17,19 @@ from data_efficient import sampling
 
 # Which score a stage's directory contributes, by the manifest's `stage`.
 QUALITY, DENSITY = "quality", "density"
+SEMDEDUP, PROTOTYPES = "semdedup", "prototypes"
+PERPLEXITY = "perplexity"
+# kind -> (default score column, the command that writes it)
+_PRODUCERS = {
+  QUALITY: ("p_yes", "data-efficient score"),
+  DENSITY: ("density", "data-efficient density"),
+  SEMDEDUP: ("semdedup_similarity", "data-efficient cluster --method semdedup"),
+  PROTOTYPES: (
+    "centroid_distance",
+    "data-efficient cluster --method prototypes",
+  ),
+  PERPLEXITY: ("mean_nll", "data-efficient perplexity"),
+}
 
 # sampler -> (scores it needs, description)
 SAMPLERS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -28,6 +41,18 @@ SAMPLERS: dict[str, tuple[tuple[str, ...], str]] = {
   "askllm-then-ips": (
     (QUALITY, DENSITY),
     "Ask-LLM top --quality_rate, then inverse propensity within it",
+  ),
+  "semdedup": (
+    (SEMDEDUP,),
+    "SemDeDup: lowest similarity to a more outlying cluster-mate",
+  ),
+  "prototypes": (
+    (PROTOTYPES,),
+    "SSL prototypes: farthest from the nearest k-means centroid",
+  ),
+  "perplexity": (
+    (PERPLEXITY,),
+    "lowest mean token NLL under a prefix-LM T5 (too short to score: left out)",
   ),
 }
 
@@ -45,7 +70,7 @@ DEFAULT_EXCLUDED_PROBLEMS = (
 class Scores:
   """One score per id, from one stage's output directory."""
 
-  kind: str  # QUALITY or DENSITY
+  kind: str  # QUALITY, DENSITY, SEMDEDUP or PROTOTYPES
   path: str
   column: str
   ids: np.ndarray  # [n] str
@@ -55,11 +80,11 @@ class Scores:
 
 
 def read_scores(path: str, column: str | None = None) -> Scores:
-  """Reads a `score` or `density` output directory.
+  """Reads a `score`, `density` or `cluster` output directory.
 
   Raises:
-    ValueError: if the directory is not a score or density output, or has
-      no such column.
+    ValueError: if the directory is not a score, density or cluster output,
+      or has no such column.
   """
   from data_efficient.io import results
 
@@ -67,12 +92,13 @@ def read_scores(path: str, column: str | None = None) -> Scores:
   stage = manifest.get("stage")
   if stage == "score":
     kind, column = QUALITY, column or manifest.get("score_column", "p_yes")
-  elif stage == "density":
-    kind, column = DENSITY, column or "density"
+  elif stage in (DENSITY, SEMDEDUP, PROTOTYPES, PERPLEXITY):
+    kind, column = stage, column or _PRODUCERS[stage][0]
   else:
     raise ValueError(
       f"{path}: a '{stage}' directory holds no scores to select by; pass "
-      "the output of `data-efficient score` or `data-efficient density`."
+      "the output of `data-efficient score`, `density`, `cluster` or "
+      "`perplexity`."
     )
   table = results.read_results(path, columns=["id", "problem", column])
   problems = table.column("problem").to_pylist()
@@ -159,7 +185,7 @@ def select(
   if missing := [n for n in needs if n not in have]:
     raise ValueError(
       f"--sampler {sampler} needs {' and '.join(missing)} scores "
-      f"({'data-efficient score' if QUALITY in missing else 'data-efficient density'} output)."
+      f"({', '.join(_PRODUCERS[m][1] for m in missing)} output)."
     )
   ids, values, problems = _aligned(inputs)
   n = len(ids)
@@ -170,6 +196,11 @@ def select(
     [bool(set(p.split(",")) & set(excluded_problems)) for p in problems], bool
   )
   eligible = ~excluded
+  # Perplexity is undefined (NaN) for examples too short to split.
+  unscored = np.zeros(n, bool)
+  if PERPLEXITY in values:
+    unscored = ~np.isfinite(values[PERPLEXITY]) & eligible
+    eligible &= ~unscored
   if k > eligible.sum():
     raise ValueError(
       f"k={k} is more than the {int(eligible.sum())} eligible examples "
@@ -187,6 +218,13 @@ def select(
     chosen = sampling.bottom_k(ids_e, vals[DENSITY], k)
   elif sampler == "random":
     chosen = sampling.uniform_sample(ids_e, k, seed)
+  elif sampler == "semdedup":
+    # Removing the highest scores is SemDeDup at the eps that keeps k.
+    chosen = sampling.bottom_k(ids_e, vals[SEMDEDUP], k)
+  elif sampler == "prototypes":
+    chosen = sampling.top_k(ids_e, vals[PROTOTYPES], k)
+  elif sampler == "perplexity":
+    chosen = sampling.bottom_k(ids_e, vals[PERPLEXITY], k)
   else:  # askllm-then-ips
     quality_rate = (
       quality_rate if quality_rate is not None else min(1.0, 2 * k / n)
@@ -208,6 +246,8 @@ def select(
     "num_excluded": int(excluded.sum()),
     "num_selected": len(chosen),
   }
+  if unscored.any():
+    counts["num_unscored"] = int(unscored.sum())
   if sampler == "askllm-then-ips":
     counts["quality_rate"] = quality_rate
   return chosen, counts

@@ -4,7 +4,9 @@ Streams an `embed` output directory (or a `.npy` matrix), computes either the
 exact kernel sums (all embeddings held in host memory; for up to a few million
 examples) or the RACE sketch's two passes (memory independent of N), and
 writes `(id, problem, density)` shards plus a manifest, resumably: the exact
-estimator and the sketch's pass 2 skip the query chunks already written.
+estimator and the sketch's pass 2 skip the query chunks already written, and
+the sketch's pass 1 resumes from its last Orbax checkpoint of the counts
+(`build_sketch`), so a rerun after a kill ends with identical counts.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import numpy as np
 
 from data_efficient import embed
 from data_efficient.density import exact, kernels, sketch
+
+# Subdirectory of a density output directory holding pass-1 checkpoints.
+SKETCH_CHECKPOINTS = "sketch_checkpoints"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +83,45 @@ def resolve_bandwidth(path: str, config: DensityConfig) -> DensityConfig:
   return dataclasses.replace(config, bandwidth=float(width))
 
 
+def _with_last(iterable):
+  """Yields (item, is_last) pairs."""
+  iterator = iter(iterable)
+  try:
+    item = next(iterator)
+  except StopIteration:
+    return
+  for following in iterator:
+    yield item, False
+    item = following
+  yield item, True
+
+
 def build_sketch(
-  path: str, config: DensityConfig, mesh, batch_rows: int = 65_536
+  path: str,
+  config: DensityConfig,
+  mesh,
+  batch_rows: int = 65_536,
+  *,
+  checkpoint_dir: str | None = None,
+  checkpoint_every: int = 0,
+  progress: bool = False,
 ) -> sketch.RaceSketch:
-  """Pass 1: every embedding counted once in every row."""
-  state = None
-  for _, _, vectors in embed.iter_embeddings(path, batch_rows):
+  """Pass 1: every embedding counted once in every row.
+
+  With `checkpoint_dir`, the counts and the number of rows added so far are
+  saved there (Orbax, `checkpointing`) at the end of the first batch after
+  every `checkpoint_every` rows, and once the pass is over; the hash
+  parameters are not stored, as they follow from (seed, width, rows,
+  buckets, dim), which the checkpoint records and checks. A rerun restores
+  the latest checkpoint and counts only the rows after it (none, if pass 1
+  had finished): counts are integers, so the result is identical to an
+  uninterrupted pass.
+  """
+  state, ckpt = None, None
+  added = resumed = seen = saved = 0
+  for (_, _, vectors), last in _with_last(
+    embed.iter_embeddings(path, batch_rows)
+  ):
     if state is None:
       state = sketch.init(
         vectors.shape[1],
@@ -92,10 +130,62 @@ def build_sketch(
         buckets=config.buckets,
         seed=config.seed,
       )
-    state = sketch.add(state, vectors, mesh=mesh)
+      if checkpoint_dir is not None:
+        ckpt, restored = _open_checkpoint(checkpoint_dir, path, config, state)
+        if restored is not None:
+          counts, record = restored
+          state = dataclasses.replace(state, counts=counts)
+          added = resumed = saved = record["rows_added"]
+          if progress:
+            print(
+              f"density: resuming sketch pass 1 after {resumed} rows "
+              f"({checkpoint_dir})",
+              file=sys.stderr,
+            )
+          if record["complete"]:
+            break
+    n = len(vectors)
+    seen += n
+    if seen <= resumed:
+      continue
+    skip = max(0, resumed - (seen - n))
+    state = sketch.add(state, vectors[skip:], mesh=mesh)
+    added += n - skip
+    if ckpt is not None and (
+      last or (checkpoint_every and added - saved >= checkpoint_every)
+    ):
+      ckpt.save(
+        added,
+        {"counts": state.counts},
+        {"rows_added": added, "complete": last},
+      )
+      saved = added
+  if ckpt is not None:
+    ckpt.close()
   if state is None:
     raise ValueError(f"{path}: no embeddings.")
   return state
+
+
+def _open_checkpoint(directory: str, path: str, config, state):
+  """(checkpointer, latest (counts, record) or None) for pass 1."""
+  from data_efficient import checkpointing
+
+  settings = {
+    "what": "race_sketch_pass1",
+    "embeddings": path,
+    "dim": state.dim,
+    "width": state.width,
+    "rows": config.rows,
+    "buckets": config.buckets,
+    "seed": config.seed,
+  }
+  ckpt = checkpointing.StateCheckpointer(directory, config=settings)
+  restored = ckpt.restore_latest({"counts": state.counts})
+  if restored is None:
+    return ckpt, None
+  tree, record = restored
+  return ckpt, (tree["counts"], record)
 
 
 def density_scores(
@@ -106,6 +196,8 @@ def density_scores(
   start: int = 0,
   batch_rows: int = 65_536,
   progress: bool = True,
+  checkpoint_dir: str | None = None,
+  checkpoint_every: int = 0,
 ) -> Iterator[tuple[list[str], list, np.ndarray]]:
   """Yields (ids, problems, density) batches in input order, from `start`.
 
@@ -116,6 +208,9 @@ def density_scores(
     start: Rows already written (resume): they are not scored again.
     batch_rows: Query rows per batch.
     progress: Print progress to stderr.
+    checkpoint_dir: Sketch: where pass 1 saves and resumes (see
+      `build_sketch`); None disables checkpoints.
+    checkpoint_every: Sketch: rows between pass-1 checkpoints.
 
   Raises:
     ValueError: on NaN/inf embeddings, mixed widths or empty input.
@@ -124,7 +219,15 @@ def density_scores(
     raise ValueError("Resolve the bandwidth first (resolve_bandwidth).")
   t0 = time.perf_counter()
   if config.estimator == "sketch":
-    state = build_sketch(path, config, mesh, batch_rows)
+    state = build_sketch(
+      path,
+      config,
+      mesh,
+      batch_rows,
+      checkpoint_dir=checkpoint_dir,
+      checkpoint_every=checkpoint_every,
+      progress=progress,
+    )
     if progress:
       print(
         f"density: sketch pass 1 done ({sketch.num_examples(state)} "
