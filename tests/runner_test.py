@@ -82,7 +82,7 @@ def test_score_writes_every_row_and_a_manifest(tmp_path, vocab_path, capsys):
   p = table.column("p_yes").to_numpy()
   assert np.all((p > 0) & (p < 1))
   np.testing.assert_allclose(
-      np.log(p), table.column("log_p_yes").to_numpy(), rtol=1e-5
+    np.log(p), table.column("log_p_yes").to_numpy(), rtol=1e-5
   )
   assert table.column("problem").to_pylist()[3] == "empty"
   manifest = results.read_manifest(out)
@@ -100,19 +100,19 @@ def test_score_writes_every_row_and_a_manifest(tmp_path, vocab_path, capsys):
 def _cli(args, **kwargs):
   env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_FLAGS="")
   return subprocess.Popen(
-      [sys.executable, "-m", "data_efficient.cli", *args],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      env=env,
-      **kwargs,
+    [sys.executable, "-m", "data_efficient.cli", *args],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    env=env,
+    **kwargs,
   )
 
 
 def _shard_bytes(out):
   return {
-      name: (out / name).read_bytes()
-      for name in sorted(os.listdir(out))
-      if name.endswith(".parquet")
+    name: (out / name).read_bytes()
+    for name in sorted(os.listdir(out))
+    if name.endswith(".parquet")
   }
 
 
@@ -154,15 +154,20 @@ def test_two_processes_produce_the_rows_of_one(tmp_path, vocab_path):
   assert proc.wait(timeout=600) == 0, proc.stdout.read().decode()
   port = _free_port()
   procs = [
-      _cli(
-          score_args(
-              corpus, two, vocab_path,
-              "--coordinator_address", f"127.0.0.1:{port}",
-              "--num_processes", "2",
-              "--process_id", str(i),
-          )  # fmt: skip
-      )
-      for i in range(2)
+    _cli(
+      score_args(
+        corpus,
+        two,
+        vocab_path,
+        "--coordinator_address",
+        f"127.0.0.1:{port}",
+        "--num_processes",
+        "2",
+        "--process_id",
+        str(i),
+      )  # fmt: skip
+    )
+    for i in range(2)
   ]
   for p in procs:
     output = p.communicate(timeout=600)[0].decode()
@@ -172,7 +177,7 @@ def test_two_processes_produce_the_rows_of_one(tmp_path, vocab_path):
   assert results.read_manifest(two)["process_count"] == 2
   assert a.column("id").to_pylist() == b.column("id").to_pylist()
   np.testing.assert_array_equal(
-      a.column("p_yes").to_numpy(), b.column("p_yes").to_numpy()
+    a.column("p_yes").to_numpy(), b.column("p_yes").to_numpy()
   )
   shards = [pq.read_table(f) for f in sorted(two.glob("part-*.parquet"))]
   assert sum(t.num_rows for t in shards) == 120

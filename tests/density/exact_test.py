@@ -32,9 +32,9 @@ def _naive_sums(queries, keys, kernel, h):
       else:
         t = h / c
         k = (
-            1.0
-            - math.erfc(t / math.sqrt(2.0))
-            - 2.0 / (math.sqrt(2.0 * math.pi) * t) * (1 - math.exp(-t * t / 2))
+          1.0
+          - math.erfc(t / math.sqrt(2.0))
+          - 2.0 / (math.sqrt(2.0 * math.pi) * t) * (1 - math.exp(-t * t / 2))
         )
       out[i] += k
   return out
@@ -54,7 +54,7 @@ def test_matches_naive_double_loop(kernel):
   queries = np.concatenate([keys[:20], _data(43, 7, seed=1)])
   h = kernels.default_bandwidth(keys, kernel)
   got = exact.kernel_sums(
-      queries, keys, kernel, h, query_block=16, key_block=24
+    queries, keys, kernel, h, query_block=16, key_block=24
   )
   want = _naive_sums(queries, keys, kernel, h)
   np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5)
@@ -67,19 +67,17 @@ def test_self_sums_match_float64_on_unit_vectors(kernel, blocks):
   x /= np.linalg.norm(x, axis=1, keepdims=True)
   h = kernels.default_bandwidth(x, kernel)
   got = exact.kernel_sums(
-      x, x, kernel, h, query_block=blocks[0], key_block=blocks[1]
+    x, x, kernel, h, query_block=blocks[0], key_block=blocks[1]
   )
   want = kernels.kernel_matrix(
-      jnp.asarray(x, jnp.float32), x, kernel, h
+    jnp.asarray(x, jnp.float32), x, kernel, h
   )  # float32 one-tile version, checked against float64 in kernels_test.
   ref64 = np.asarray(
-      [_naive_row(x[i], x, kernel, h) for i in range(0, 1003, 97)]
+    [_naive_row(x[i], x, kernel, h) for i in range(0, 1003, 97)]
   )
+  np.testing.assert_allclose(np.asarray(got)[::97], ref64, rtol=1e-5)
   np.testing.assert_allclose(
-      np.asarray(got)[::97], ref64, rtol=1e-5
-  )
-  np.testing.assert_allclose(
-      np.asarray(got), np.asarray(want).sum(1), rtol=1e-5
+    np.asarray(got), np.asarray(want).sum(1), rtol=1e-5
   )
 
 
@@ -96,9 +94,11 @@ def _naive_row(q, keys, kernel, h):
     return np.exp(-c / h).sum()
   with np.errstate(divide="ignore", invalid="ignore"):
     t = h / c
-    p = 1 - np.vectorize(math.erfc)(t / math.sqrt(2)) - 2 / (
-        math.sqrt(2 * math.pi) * t
-    ) * (1 - np.exp(-t * t / 2))
+    p = (
+      1
+      - np.vectorize(math.erfc)(t / math.sqrt(2))
+      - 2 / (math.sqrt(2 * math.pi) * t) * (1 - np.exp(-t * t / 2))
+    )
   return np.where(c == 0, 1.0, p).sum()
 
 
@@ -124,7 +124,7 @@ def test_same_result_on_one_and_eight_devices(kernel):
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(devices=devices)
     sums = exact.kernel_sums(
-        x, x[:700], kernel, h, mesh=mesh, query_block=64, key_block=96
+      x, x[:700], kernel, h, mesh=mesh, query_block=64, key_block=96
     )
     assert sums.sharding.mesh.size == len(devices)
     results.append(np.asarray(sums))
@@ -154,20 +154,20 @@ def test_empty_inputs():
   x = _data(10, 4)
   assert exact.kernel_sums(x[:0], x, "gaussian", 1.0).shape == (0,)
   np.testing.assert_array_equal(
-      exact.kernel_sums(x, x[:0], "gaussian", 1.0), np.zeros(10)
+    exact.kernel_sums(x, x[:0], "gaussian", 1.0), np.zeros(10)
   )
 
 
 @pytest.mark.parametrize(
-    "queries, keys, kwargs, match",
-    [
-        (np.ones((4, 3)), np.ones((4, 5)), {}, "d=3"),
-        (np.ones(4), np.ones((4, 1)), {}, r"\[n, d\]"),
-        (np.ones((4, 3)), np.full((4, 3), np.nan), {}, "NaN"),
-        (np.ones((4, 3)), np.ones((4, 3)), {"query_block": 0}, "query_block"),
-        (np.ones((4, 3)), np.ones((4, 3)), {"kernel": "box"}, "kernel"),
-        (np.ones((4, 3)), np.ones((4, 3)), {"bandwidth": 0.0}, "bandwidth"),
-    ],
+  "queries, keys, kwargs, match",
+  [
+    (np.ones((4, 3)), np.ones((4, 5)), {}, "d=3"),
+    (np.ones(4), np.ones((4, 1)), {}, r"\[n, d\]"),
+    (np.ones((4, 3)), np.full((4, 3), np.nan), {}, "NaN"),
+    (np.ones((4, 3)), np.ones((4, 3)), {"query_block": 0}, "query_block"),
+    (np.ones((4, 3)), np.ones((4, 3)), {"kernel": "box"}, "kernel"),
+    (np.ones((4, 3)), np.ones((4, 3)), {"bandwidth": 0.0}, "bandwidth"),
+  ],
 )
 def test_bad_input_raises(queries, keys, kwargs, match):
   args = {"kernel": "gaussian", "bandwidth": 1.0} | kwargs

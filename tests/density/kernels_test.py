@@ -14,9 +14,9 @@ def _datar(c, w):
   """Datar et al.'s formula, as printed, in float64 (c > 0)."""
   t = w / c
   return (
-      1.0
-      - 2.0 * stats.norm.cdf(-t)
-      - 2.0 / (math.sqrt(2.0 * math.pi) * t) * (1.0 - math.exp(-t * t / 2.0))
+    1.0
+    - 2.0 * stats.norm.cdf(-t)
+    - 2.0 / (math.sqrt(2.0 * math.pi) * t) * (1.0 - math.exp(-t * t / 2.0))
   )
 
 
@@ -71,7 +71,7 @@ def test_kernel_matrix_matches_float64_formula(kernel):
   h = kernels.default_bandwidth(y, kernel)
   got = np.asarray(kernels.kernel_matrix(x, y, kernel, h))
   np.testing.assert_allclose(
-      got, _reference_matrix(x, y, kernel, h), rtol=1e-4, atol=1e-6
+    got, _reference_matrix(x, y, kernel, h), rtol=1e-4, atol=1e-6
   )
   # A point against itself is exactly 1, also for the non-smooth kernels.
   np.testing.assert_array_equal(np.diagonal(got[:5, :5]), 1.0)
@@ -84,7 +84,7 @@ def test_default_bandwidth_gives_value_at_median_distance(kernel, value):
   x = rng.standard_normal((300, 5)) * 3.0 + 1.0
   h = kernels.default_bandwidth(x, kernel, median_kernel_value=value)
   m = kernels.median_pairwise_distance(
-      x, normalize=kernels.normalize_inputs(kernel)
+    x, normalize=kernels.normalize_inputs(kernel)
   )
   got = kernels.kernel_from_squared_distances(jnp.float32(m * m), kernel, h)
   np.testing.assert_allclose(float(got), value, rtol=1e-4)
@@ -101,13 +101,13 @@ def test_median_distance_uses_a_seeded_sample():
 
 
 @pytest.mark.parametrize(
-    "kernel, bandwidth, match",
-    [
-        ("epanechnikov", 1.0, "kernel"),
-        ("gaussian", 0.0, "bandwidth"),
-        ("gaussian", -1.0, "bandwidth"),
-        ("lsh", float("nan"), "bandwidth"),
-    ],
+  "kernel, bandwidth, match",
+  [
+    ("epanechnikov", 1.0, "kernel"),
+    ("gaussian", 0.0, "bandwidth"),
+    ("gaussian", -1.0, "bandwidth"),
+    ("lsh", float("nan"), "bandwidth"),
+  ],
 )
 def test_bad_kernel_or_bandwidth_raises(kernel, bandwidth, match):
   with pytest.raises(ValueError, match=match):

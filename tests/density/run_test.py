@@ -32,7 +32,9 @@ def test_exact_gaussian_equals_a_naive_sum(tmp_path):
   )  # fmt: skip
   d2 = ((x[:, None, :].astype(np.float64) - x[None]) ** 2).sum(-1)
   want = np.exp(-d2 / (2 * 0.5**2)).sum(1)
-  np.testing.assert_allclose(table.column("density").to_numpy(), want, rtol=1e-5)
+  np.testing.assert_allclose(
+    table.column("density").to_numpy(), want, rtol=1e-5
+  )
   assert table.column("id").to_pylist() == [str(i) for i in range(300)]
   assert manifest["run_config"]["bandwidth"] == 0.5
 
@@ -41,12 +43,12 @@ def test_sketch_defaults_record_the_bandwidth_and_count_every_point(tmp_path):
   x = unit_vectors(500, seed=1)
   np.save(tmp_path / "x.npy", x)
   table, manifest = density(
-      tmp_path, tmp_path / "x.npy", "--rows", "64", "--buckets", "512"
+    tmp_path, tmp_path / "x.npy", "--rows", "64", "--buckets", "512"
   )
   config = manifest["run_config"]
   assert config["estimator"] == "sketch" and config["kernel"] == "lsh"
   assert config["bandwidth"] == pytest.approx(
-      kernels.default_bandwidth(x, "lsh", seed=0)
+    kernels.default_bandwidth(x, "lsh", seed=0)
   )
   scores = table.column("density").to_numpy()
   assert scores.min() >= 1.0  # every point shares its own bucket
@@ -74,7 +76,10 @@ def test_density_ips_selection_over_the_stage_output(tmp_path, capsys):
   centers = unit_vectors(3, seed=9) * 4
   sizes = [900, 90, 10]
   x = np.concatenate(
-      [c + 0.3 * rng.normal(size=(n, 16)) for c, n in zip(centers, sizes, strict=True)]
+    [
+      c + 0.3 * rng.normal(size=(n, 16))
+      for c, n in zip(centers, sizes, strict=True)
+    ]
   ).astype(np.float32)
   labels = np.repeat([0, 1, 2], sizes)
   np.save(tmp_path / "x.npy", x)

@@ -31,7 +31,7 @@ def data():
 def _row_estimates(s, x):
   """[n, rows] per-row debiased counts; their mean over rows is `scores`."""
   hits = np.take_along_axis(
-      np.asarray(s.counts), np.asarray(sketch.bucket_indices(s, x)).T, axis=1
+    np.asarray(s.counts), np.asarray(sketch.bucket_indices(s, x)).T, axis=1
   ).T.astype(np.float64)
   q = 1.0 / s.buckets
   return (hits - q * sketch.num_examples(s)) / (1.0 - q)
@@ -46,7 +46,7 @@ def test_scores_are_unbiased_for_the_collision_kernel_sum(data):
     s = sketch.add(s, x, block=_BLOCK)
     rows = _row_estimates(s, x)
     np.testing.assert_allclose(
-        rows.mean(1), np.asarray(sketch.scores(s, x, block=_BLOCK)), rtol=1e-5
+      rows.mean(1), np.asarray(sketch.scores(s, x, block=_BLOCK)), rtol=1e-5
     )
     per_row.append(rows)
   per_row = np.concatenate(per_row, axis=1)  # [n, 4000] independent rows
@@ -66,7 +66,7 @@ def test_scores_are_unbiased_for_the_collision_kernel_sum(data):
   raw, debiased = np.asarray(raw, np.float64), np.asarray(debiased, np.float64)
   assert np.all(raw > debiased)
   np.testing.assert_allclose(
-      raw, debiased * (1 - 1 / 256) + _N / 256, rtol=1e-5
+    raw, debiased * (1 - 1 / 256) + _N / 256, rtol=1e-5
   )
 
 
@@ -110,10 +110,10 @@ def test_identical_on_one_and_eight_devices(data):
     s = sketch.init(_D, width, rows=128, buckets=1024, seed=5)
     s = sketch.add(s, x[:1234], mesh=mesh, block=128)
     out.append(
-        (
-            np.asarray(s.counts),
-            np.asarray(sketch.scores(s, x, mesh=mesh, block=128)),
-        )
+      (
+        np.asarray(s.counts),
+        np.asarray(sketch.scores(s, x, mesh=mesh, block=128)),
+      )
     )
   np.testing.assert_array_equal(out[0][0], out[1][0])
   np.testing.assert_array_equal(out[0][1], out[1][1])
@@ -150,14 +150,14 @@ def test_merge_rejects_different_parameters():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"buckets": 1 << 17}, "buckets"),
-        ({"buckets": 1}, "buckets"),
-        ({"rows": 0}, "rows"),
-        ({"width": 0.0}, "width"),
-        ({"width": float("inf")}, "width"),
-    ],
+  "kwargs, match",
+  [
+    ({"buckets": 1 << 17}, "buckets"),
+    ({"buckets": 1}, "buckets"),
+    ({"rows": 0}, "rows"),
+    ({"width": 0.0}, "width"),
+    ({"width": float("inf")}, "width"),
+  ],
 )
 def test_init_rejects_bad_sizes(kwargs, match):
   args = {"dim": 4, "width": 1.0} | kwargs
