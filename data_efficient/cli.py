@@ -826,11 +826,7 @@ def _already_complete(output: str, run_config: dict) -> bool:
   """True (and says so) if `output` holds a finished run of `run_config`."""
   from data_efficient.io import results
 
-  try:
-    manifest = results.read_manifest(output)
-  except results.OutputError:
-    return False
-  if manifest.get("run_config") != run_config:
+  if results.completed_manifest(output, run_config) is None:
     return False
   print(f"{output} is already complete.", file=sys.stderr)
   return True

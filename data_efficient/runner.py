@@ -427,14 +427,10 @@ def run_stage(
   from data_efficient.io import results
 
   index, count = jax.process_index(), jax.process_count()
-  try:
-    manifest = results.read_manifest(out.output_dir)
-  except results.OutputError:
-    pass  # not finished: run (or resume)
-  else:
-    if manifest.get("run_config") == out.run_config:
-      print(f"{out.output_dir} is already complete.", file=sys.stderr)
-      return manifest
+  manifest = results.completed_manifest(out.output_dir, out.run_config)
+  if manifest is not None:
+    print(f"{out.output_dir} is already complete.", file=sys.stderr)
+    return manifest
   writer = results.ResultWriter(
     out.output_dir,
     out.schema,

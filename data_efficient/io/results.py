@@ -565,6 +565,24 @@ def read_manifest(output_dir: str | os.PathLike[str]) -> dict[str, Any]:
   return manifest
 
 
+def completed_manifest(
+  output_dir: str | os.PathLike[str], run_config: Mapping[str, Any]
+) -> dict[str, Any] | None:
+  """The manifest if `output_dir` holds a finished run of `run_config`.
+
+  Rerunning a finished command then changes nothing; a directory without a
+  manifest, or finished with another configuration, gives None (the writer
+  resumes the former and refuses the latter, naming the difference).
+  """
+  try:
+    manifest = read_manifest(output_dir)
+  except OutputError:
+    return None
+  if manifest.get("run_config") != run_config:
+    return None
+  return manifest
+
+
 def _shard_files(
   output_dir: str, manifest: dict[str, Any]
 ) -> Iterator[tuple[pq.ParquetFile, int]]:

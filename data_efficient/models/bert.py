@@ -50,6 +50,7 @@ from flax import traverse_util
 
 from data_efficient.models import wordpiece
 from data_efficient.models.checkpoints import CheckpointError
+from data_efficient.models.t5 import logical_param
 
 Array = jax.Array
 
@@ -121,13 +122,6 @@ class BertConfig:
 # Network.
 
 
-def _param(module: nn.Module, name: str, init, shape, axes):
-  """A float32 parameter annotated with logical axis names."""
-  return module.param(
-    name, nn.with_logical_partitioning(init, axes), shape, jnp.float32
-  )
-
-
 class LayerNorm(nn.Module):
   """Standard LayerNorm (mean and variance), computed in float32."""
 
@@ -137,8 +131,12 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     features = (x.shape[-1],)
-    scale = _param(self, "scale", nn.initializers.ones, features, ("embed",))
-    bias = _param(self, "bias", nn.initializers.zeros, features, ("embed",))
+    scale = logical_param(
+      self, "scale", nn.initializers.ones, features, ("embed",)
+    )
+    bias = logical_param(
+      self, "bias", nn.initializers.zeros, features, ("embed",)
+    )
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     variance = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
@@ -155,14 +153,14 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = _param(
+    kernel = logical_param(
       self,
       "kernel",
       nn.initializers.lecun_normal(),
       (x.shape[-1], self.features),
       self.axes,
     )
-    bias = _param(
+    bias = logical_param(
       self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:]
     )
     y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
@@ -179,7 +177,7 @@ class Embed(nn.Module):
 
   @nn.compact
   def __call__(self, ids: Array) -> Array:
-    table = _param(
+    table = logical_param(
       self,
       "embedding",
       nn.initializers.normal(stddev=0.02),

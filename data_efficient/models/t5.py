@@ -88,8 +88,8 @@ class T5Config:
     return dataclasses.replace(self, **changes)
 
 
-def _param(module: nn.Module, name: str, init, shape, axes):
-  """A float32 parameter annotated with logical axis names."""
+def logical_param(module: nn.Module, name: str, init, shape, axes):
+  """A float32 parameter annotated with logical axis names (for sharding)."""
   return module.param(
     name, nn.with_logical_partitioning(init, axes), shape, jnp.float32
   )
@@ -103,7 +103,7 @@ class LayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    scale = _param(
+    scale = logical_param(
       self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",)
     )
     x32 = x.astype(jnp.float32)
@@ -121,7 +121,7 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = _param(
+    kernel = logical_param(
       self,
       "kernel",
       nn.initializers.lecun_normal(),
@@ -139,7 +139,7 @@ class Embed(nn.Module):
   dtype: jnp.dtype
 
   def setup(self):
-    self.embedding = _param(
+    self.embedding = logical_param(
       self,
       "embedding",
       nn.initializers.normal(stddev=1.0),
@@ -206,7 +206,7 @@ class RelativePositionBiases(nn.Module):
 
   @nn.compact
   def __call__(self, qlen: int, klen: int, bidirectional: bool) -> Array:
-    rel_embedding = _param(
+    rel_embedding = logical_param(
       self,
       "rel_embedding",
       nn.initializers.normal(stddev=1.0),
