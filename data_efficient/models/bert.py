@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from data_efficient.models import wordpiece
+from data_efficient.models import t5, wordpiece
 from data_efficient.models.checkpoints import CheckpointError
 from data_efficient.models.t5 import logical_param
 
@@ -144,29 +144,6 @@ class LayerNorm(nn.Module):
     return (y * scale + bias).astype(self.dtype)
 
 
-class Dense(nn.Module):
-  """A dense layer with bias over the last axis, kernel [in, out]."""
-
-  features: int
-  axes: tuple[str, str]
-  dtype: jnp.dtype
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    kernel = logical_param(
-      self,
-      "kernel",
-      nn.initializers.lecun_normal(),
-      (x.shape[-1], self.features),
-      self.axes,
-    )
-    bias = logical_param(
-      self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:]
-    )
-    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
-    return y + bias.astype(self.dtype)
-
-
 class Embed(nn.Module):
   """A lookup table [num_embeddings, embed]."""
 
@@ -202,7 +179,9 @@ class SelfAttention(nn.Module):
 
     def project(name: str) -> Array:
       # [b, len, embed] -> [b, len, heads, kv]
-      y = Dense(inner, ("embed", "joined_kv"), self.dtype, name=name)(x)
+      y = t5.Dense(
+        inner, ("embed", "joined_kv"), self.dtype, use_bias=True, name=name
+      )(x)
       return y.reshape(y.shape[:2] + (self.num_heads, self.head_dim))
 
     query = project("query") / np.sqrt(self.head_dim).astype(self.dtype)
@@ -215,9 +194,9 @@ class SelfAttention(nn.Module):
     # [b, heads, q, k] x [b, k, heads, kv] -> [b, q, heads * kv]
     context = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
     context = context.reshape(context.shape[:2] + (inner,))
-    return Dense(x.shape[-1], ("joined_kv", "embed"), self.dtype, name="out")(
-      context
-    )
+    return t5.Dense(
+      x.shape[-1], ("joined_kv", "embed"), self.dtype, use_bias=True, name="out"
+    )(context)
 
 
 def _activation(name: str):
@@ -237,9 +216,13 @@ class MlpBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    h = Dense(cfg.mlp_dim, ("embed", "mlp"), dtype, name="wi")(x)
+    h = t5.Dense(
+      cfg.mlp_dim, ("embed", "mlp"), dtype, use_bias=True, name="wi"
+    )(x)
     h = _activation(cfg.hidden_act)(h)
-    return Dense(x.shape[-1], ("mlp", "embed"), dtype, name="wo")(h)
+    return t5.Dense(
+      x.shape[-1], ("mlp", "embed"), dtype, use_bias=True, name="wo"
+    )(h)
 
 
 class EncoderLayer(nn.Module):

@@ -113,11 +113,15 @@ class LayerNorm(nn.Module):
 
 
 class Dense(nn.Module):
-  """A bias-free dense layer over the last axis, with a 2-D kernel."""
+  """A dense layer over the last axis, with a 2-D kernel [in, out].
+
+  T5 has no biases; `use_bias` adds one (named `bias`, as BERT's).
+  """
 
   features: int
   axes: tuple[str, str]
   dtype: jnp.dtype
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -128,7 +132,13 @@ class Dense(nn.Module):
       (x.shape[-1], self.features),
       self.axes,
     )
-    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    if not self.use_bias:
+      return y
+    bias = logical_param(
+      self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:]
+    )
+    return y + bias.astype(self.dtype)
 
 
 class Embed(nn.Module):
