@@ -33,13 +33,15 @@ row index, independent of the device count and of R (the first R rows of a
 bigger sketch with the same seed are the same hashes). Blocks have a fixed
 shape whatever the device count, so 1 and 8 devices give identical counts.
 
-Speed. Hashing is an [N, d] x [d, R] matmul per block of rows, followed by
-the mixer and one scatter-add (pass 1) or gather (pass 2) per hash. On XLA:CPU
-the scatter/gather costs ~4-6 ns per hash, about as much as the matmul at
-d = 768, so each pass runs at ~45-57% of the matmul-bound rate on 2 cores
-(`benchmarks/density_throughput.py`). The block scan keeps the counts in
-place (a loop carry), and the flat row-major index keeps each row's updates
-within one B x 4-byte stretch of memory.
+Speed. Hashing is a [d, R] x [block, d] matmul written as [R, block] (each
+row's hashes contiguous, the order the scatter and gather walk, so nothing is
+transposed), followed by the mixer and one scatter-add (pass 1) or gather
+(pass 2) per hash. XLA:CPU runs the scatter single-threaded at ~4-5 ns per
+hash, so on 2 cores pass 1 runs at ~50% and pass 2 at ~70% of the
+matmul-bound rate (`benchmarks/density_throughput.py`). The block scan keeps
+the counts in place (a loop carry, started from the sketch so far on device
+0), and the flat row-major index keeps each row's updates within one
+B x 4-byte stretch of memory.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from data_efficient import sharding
 
 DEFAULT_ROWS = 1000
 DEFAULT_BUCKETS = 20000
-DEFAULT_BLOCK = 4096
+DEFAULT_BLOCK = 2048
 # The range reduction multiplies 16-bit halves; B must fit in 16 bits.
 MAX_BUCKETS = 1 << 16
 _ALIGN = 8
@@ -181,7 +183,11 @@ def _buckets(
   salts: jax.Array,
   n_buckets: int,
 ) -> jax.Array:
-  """[n, d] -> [n, rows] bucket of each example in each row.
+  """[n, d] -> [rows, n] bucket of each example in each row.
+
+  Row-major by hash row: the matmul writes each row's n hashes contiguously,
+  which is the order the scatter (pass 1) and gather (pass 2) walk, so no
+  transpose is materialised.
 
   Args:
     x: [n, d] vectors.
@@ -190,9 +196,10 @@ def _buckets(
     salts: [rows] uint32.
     n_buckets: B.
   """
-  # [n, d] x [d, rows] -> [n, rows]; floor((a.x + b) / w).
-  h = jnp.floor(x @ scaled_projections + scaled_offsets).astype(jnp.int32)
-  mixed = _mix32(jax.lax.bitcast_convert_type(h, jnp.uint32) ^ salts)
+  # [d, rows] x [n, d] -> [rows, n]; floor((a.x + b) / w).
+  projected = jnp.einsum("dr,nd->rn", scaled_projections, x)
+  h = jnp.floor(projected + scaled_offsets[:, None]).astype(jnp.int32)
+  mixed = _mix32(jax.lax.bitcast_convert_type(h, jnp.uint32) ^ salts[:, None])
   return _range_reduce(mixed, n_buckets)
 
 
@@ -205,7 +212,7 @@ def _scaled(sketch: RaceSketch) -> tuple[jax.Array, jax.Array, jax.Array]:
 def bucket_indices(sketch: RaceSketch, x) -> jax.Array:
   """[n, d] -> [n, rows] int32: the bucket of each example in each row."""
   x = jnp.asarray(x, jnp.float32)
-  return _buckets(x, *_scaled(sketch), sketch.buckets)
+  return _buckets(x, *_scaled(sketch), sketch.buckets).T
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -227,7 +234,9 @@ def _shard_rows(x, mesh: jax.sharding.Mesh, block: int):
   n = x.shape[0]
   block = min(_round_up(block, _ALIGN), _round_up(n, _ALIGN))
   n_pad = _round_up(n, mesh.size * block)
-  x = jnp.pad(jnp.asarray(x, jnp.float32), ((0, n_pad - n), (0, 0)))
+  x = jnp.asarray(x, jnp.float32)
+  if n_pad > n:  # A copy of the whole chunk: only when it is needed.
+    x = jnp.pad(x, ((0, n_pad - n), (0, 0)))
   spec = jax.sharding.NamedSharding(mesh, jax.P(mesh.axis_names))
   return jax.device_put(x, spec), block, n_pad - n
 
@@ -244,14 +253,16 @@ def _add_fn(mesh: jax.sharding.Mesh, block: int, n_buckets: int):
 
     def step(local, xb):
       bk = _buckets(xb, projections, offsets, salts, n_buckets)
-      flat = (bk.T + row_base).reshape(-1)  # [rows * block]
+      flat = (bk + row_base).reshape(-1)  # [rows * block]
       local = local.at[flat].add(1, mode="promise_in_bounds")
       return local, None
 
-    local = jnp.zeros((rows * n_buckets,), jnp.int32)
-    local = jax.lax.pcast(local, axes, to="varying")  # varies per device
+    # Device 0 counts on top of the sketch so far, the others from zero: the
+    # psum is then the new sketch, with no extra pass over the counts.
+    first = sum(jax.lax.axis_index(a) for a in axes) == 0
+    local = jnp.where(first, counts, 0).reshape(-1)
     local, _ = jax.lax.scan(step, local, x.reshape(-1, block, x.shape[-1]))
-    return counts + jax.lax.psum(local.reshape(rows, n_buckets), axes)
+    return jax.lax.psum(local.reshape(rows, n_buckets), axes)
 
   return jax.jit(
     jax.shard_map(
@@ -344,7 +355,7 @@ def _scores_fn(mesh: jax.sharding.Mesh, block: int, n_buckets: int):
     def step(_, xb):
       bk = _buckets(xb, projections, offsets, salts, n_buckets)
       # [rows, B] gathered at [rows, block] -> [rows, block] -> [block]
-      hit = jnp.take_along_axis(counts, bk.T, axis=1)
+      hit = jnp.take_along_axis(counts, bk, axis=1)
       return None, jnp.mean(hit.astype(jnp.float32), axis=0)
 
     _, means = jax.lax.scan(step, None, x.reshape(-1, block, x.shape[-1]))
