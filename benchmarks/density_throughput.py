@@ -150,7 +150,7 @@ def sketch_passes(n: int, chunk: int, rows: int, buckets: int, seed: int):
     checksum += float(jnp.sum(scores))
   assert sketch.num_examples(s) == n
   used = np.mean(
-      [np.count_nonzero(np.asarray(s.counts[r])) for r in range(min(rows, 20))]
+    [np.count_nonzero(np.asarray(s.counts[r])) for r in range(min(rows, 20))]
   )
   return t_add, t_score, w, used, checksum / n
 
@@ -161,12 +161,12 @@ def main():
   parser.add_argument("--sketch_n", type=int, default=1_000_000)
   parser.add_argument("--sketch_chunk", type=int, default=65536)
   parser.add_argument(
-      "--query_block", type=int, default=exact.DEFAULT_QUERY_BLOCK
+    "--query_block", type=int, default=exact.DEFAULT_QUERY_BLOCK
   )
   parser.add_argument("--key_block", type=int, default=exact.DEFAULT_KEY_BLOCK)
   parser.add_argument("--sklearn_queries", type=int, default=64)
   parser.add_argument(
-      "--quick", action="store_true", help="N=8192, sketch_n=131072"
+    "--quick", action="store_true", help="N=8192, sketch_n=131072"
   )
   args = parser.parse_args()
   if args.quick:
@@ -183,22 +183,22 @@ def main():
   h = kernels.default_bandwidth(x_np, "gaussian")
   flops = 2.0 * n * n * _D
   ours_s, ours = _best_time(
-      lambda: exact.kernel_sums(
-          x,
-          x,
-          "gaussian",
-          h,
-          query_block=args.query_block,
-          key_block=args.key_block,
-      ),
-      repeats=3,
+    lambda: exact.kernel_sums(
+      x,
+      x,
+      "gaussian",
+      h,
+      query_block=args.query_block,
+      key_block=args.key_block,
+    ),
+    repeats=3,
   )
   peaks.append(matmul_peak_gflops())
   fused_s, _ = _best_time(
-      lambda: fused_kernel_sums(
-          x, h, min(args.query_block, n), min(args.key_block, n)
-      ),
-      repeats=1,
+    lambda: fused_kernel_sums(
+      x, h, min(args.query_block, n), min(args.key_block, n)
+    ),
+    repeats=1,
   )
   t0 = time.perf_counter()
   np_sums = numpy_kernel_sums(x_np, h)
@@ -209,65 +209,65 @@ def main():
   sklearn_s = n / skl_qps
   rows, buckets = sketch.DEFAULT_ROWS, sketch.DEFAULT_BUCKETS
   t_add, t_score, w, used, mean_score = sketch_passes(
-      args.sketch_n, args.sketch_chunk, rows, buckets, seed=0
+    args.sketch_n, args.sketch_chunk, rows, buckets, seed=0
   )
   hash_gflops = hash_matmul_gflops(sketch.DEFAULT_BLOCK, rows)
   peaks.append(matmul_peak_gflops())
   peak = max(peaks)
   print(
-      f"matmul peak (2048^3 jnp.dot): {peak:.1f} GFLOP/s (best of "
-      f"{', '.join(f'{p:.0f}' for p in peaks)}, measured across the run)"
+    f"matmul peak (2048^3 jnp.dot): {peak:.1f} GFLOP/s (best of "
+    f"{', '.join(f'{p:.0f}' for p in peaks)}, measured across the run)"
   )
   print(
-      f"exact Gaussian sums, N={n}, d={_D}, h={h:.3f}, blocks "
-      f"{args.query_block}x{args.key_block}:\n"
-      f"  ours     {ours_s:8.2f} s  {flops / ours_s / 1e9:6.1f} GFLOP/s "
-      f"({flops / ours_s / 1e9 / peak:.0%} of peak)\n"
-      f"  fused    {fused_s:8.2f} s  {flops / fused_s / 1e9:6.1f} GFLOP/s "
-      "(same tiles, matmul fused into exp-sum)\n"
-      f"  numpy    {numpy_s:8.2f} s  {flops / numpy_s / 1e9:6.1f} GFLOP/s "
-      f"(max rel diff to ours {max_rel:.1e})\n"
-      f"  sklearn  {sklearn_s:8.1f} s  {flops / sklearn_s / 1e9:6.2f} GFLOP/s "
-      f"(EXTRAPOLATED from {args.sklearn_queries} queries: "
-      f"{skl_qps:.1f} queries/s)\n"
-      f"  ratios: ours/numpy {numpy_s / ours_s:.2f}x, ours/sklearn "
-      f"{sklearn_s / ours_s:.0f}x, ours/fused {fused_s / ours_s:.2f}x"
+    f"exact Gaussian sums, N={n}, d={_D}, h={h:.3f}, blocks "
+    f"{args.query_block}x{args.key_block}:\n"
+    f"  ours     {ours_s:8.2f} s  {flops / ours_s / 1e9:6.1f} GFLOP/s "
+    f"({flops / ours_s / 1e9 / peak:.0%} of peak)\n"
+    f"  fused    {fused_s:8.2f} s  {flops / fused_s / 1e9:6.1f} GFLOP/s "
+    "(same tiles, matmul fused into exp-sum)\n"
+    f"  numpy    {numpy_s:8.2f} s  {flops / numpy_s / 1e9:6.1f} GFLOP/s "
+    f"(max rel diff to ours {max_rel:.1e})\n"
+    f"  sklearn  {sklearn_s:8.1f} s  {flops / sklearn_s / 1e9:6.2f} GFLOP/s "
+    f"(EXTRAPOLATED from {args.sklearn_queries} queries: "
+    f"{skl_qps:.1f} queries/s)\n"
+    f"  ratios: ours/numpy {numpy_s / ours_s:.2f}x, ours/sklearn "
+    f"{sklearn_s / ours_s:.0f}x, ours/fused {fused_s / ours_s:.2f}x"
   )
   bound = peak * 1e9 / (2.0 * _D * rows)
   hash_bound = hash_gflops * 1e9 / (2.0 * _D * rows)
   add_rate, score_rate = args.sketch_n / t_add, args.sketch_n / t_score
   print(
-      f"RACE sketch R={rows} B={buckets}, N={args.sketch_n} in chunks of "
-      f"{args.sketch_chunk}, width {w:.3f} ({used:.0f} buckets used per "
-      f"row), mean score {mean_score:.0f}:\n"
-      f"  pass 1 (add)    {t_add:7.2f} s  {add_rate:9.0f} emb/s "
-      f"({add_rate / bound:.0%} of matmul-bound {bound:.0f} emb/s)\n"
-      f"  pass 2 (scores) {t_score:7.2f} s  {score_rate:9.0f} emb/s "
-      f"({score_rate / bound:.0%} of matmul-bound)\n"
-      f"  the hashing matmul alone ([{_D}, {rows}]^T x "
-      f"[{sketch.DEFAULT_BLOCK}, {_D}]^T): {hash_gflops:.0f} GFLOP/s = {hash_bound:.0f} emb/s; "
-      f"passes at {add_rate / hash_bound:.0%} / {score_rate / hash_bound:.0%}"
-      " of it"
+    f"RACE sketch R={rows} B={buckets}, N={args.sketch_n} in chunks of "
+    f"{args.sketch_chunk}, width {w:.3f} ({used:.0f} buckets used per "
+    f"row), mean score {mean_score:.0f}:\n"
+    f"  pass 1 (add)    {t_add:7.2f} s  {add_rate:9.0f} emb/s "
+    f"({add_rate / bound:.0%} of matmul-bound {bound:.0f} emb/s)\n"
+    f"  pass 2 (scores) {t_score:7.2f} s  {score_rate:9.0f} emb/s "
+    f"({score_rate / bound:.0%} of matmul-bound)\n"
+    f"  the hashing matmul alone ([{_D}, {rows}]^T x "
+    f"[{sketch.DEFAULT_BLOCK}, {_D}]^T): {hash_gflops:.0f} GFLOP/s = {hash_bound:.0f} emb/s; "
+    f"passes at {add_rate / hash_bound:.0%} / {score_rate / hash_bound:.0%}"
+    " of it"
   )
   print(
-      "RESULT "
-      f"peak_gflops={peak:.1f} "
-      f"exact_n={n} "
-      f"exact_s={ours_s:.3f} "
-      f"exact_gflops={flops / ours_s / 1e9:.1f} "
-      f"exact_frac_peak={flops / ours_s / 1e9 / peak:.3f} "
-      f"fused_s={fused_s:.3f} "
-      f"numpy_s={numpy_s:.3f} "
-      f"sklearn_s_extrapolated={sklearn_s:.1f} "
-      f"vs_numpy={numpy_s / ours_s:.2f} "
-      f"vs_sklearn={sklearn_s / ours_s:.1f} "
-      f"vs_fused={fused_s / ours_s:.2f} "
-      f"sketch_n={args.sketch_n} "
-      f"add_emb_per_s={add_rate:.0f} "
-      f"scores_emb_per_s={score_rate:.0f} "
-      f"add_frac_bound={add_rate / bound:.3f} "
-      f"scores_frac_bound={score_rate / bound:.3f} "
-      f"hash_matmul_gflops={hash_gflops:.1f}"
+    "RESULT "
+    f"peak_gflops={peak:.1f} "
+    f"exact_n={n} "
+    f"exact_s={ours_s:.3f} "
+    f"exact_gflops={flops / ours_s / 1e9:.1f} "
+    f"exact_frac_peak={flops / ours_s / 1e9 / peak:.3f} "
+    f"fused_s={fused_s:.3f} "
+    f"numpy_s={numpy_s:.3f} "
+    f"sklearn_s_extrapolated={sklearn_s:.1f} "
+    f"vs_numpy={numpy_s / ours_s:.2f} "
+    f"vs_sklearn={sklearn_s / ours_s:.1f} "
+    f"vs_fused={fused_s / ours_s:.2f} "
+    f"sketch_n={args.sketch_n} "
+    f"add_emb_per_s={add_rate:.0f} "
+    f"scores_emb_per_s={score_rate:.0f} "
+    f"add_frac_bound={add_rate / bound:.3f} "
+    f"scores_frac_bound={score_rate / bound:.3f} "
+    f"hash_matmul_gflops={hash_gflops:.1f}"
   )
 
 
