@@ -104,8 +104,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
   g.add_argument(
     "--tokens_per_batch",
     type=int,
-    default=16384,
-    help="Token budget of one device batch (rows x padded length).",
+    default=None,
+    help="Token budget of one device batch (rows x padded length). Default: "
+    "a per-platform budget per data-parallel device (docs/stages.md).",
   )
   g.add_argument(
     "--max_segments",

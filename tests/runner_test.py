@@ -34,7 +34,9 @@ def test_batches_have_few_shapes_and_little_padding():
   rng = np.random.default_rng(1)
   lengths = np.clip(rng.lognormal(np.log(300), 0.5, 2000), 16, 512).astype(int)
   ids = [np.ones(n, np.int32) for n in lengths]
-  packing = runner.PackingConfig(max_length=512, max_segments=8)
+  packing = runner.PackingConfig(
+    max_length=512, max_segments=8, tokens_per_batch=16384
+  )
   batches = list(runner.make_batches(ids, packing, batch_multiple=8))
   shapes = {b.tokens.shape for b in batches}
   real = lengths.sum()
