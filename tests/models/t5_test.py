@@ -170,3 +170,24 @@ def test_relative_position_buckets_match_transformers_live(
   np.testing.assert_array_equal(got, want)
   # The far, logarithmic buckets are exercised, up to saturation.
   assert got.max() == num_buckets - 1
+
+
+@pytest.mark.parametrize("mask_batch", [1, 2])
+def test_attention_one_head_at_a_time_equals_all_heads(mask_batch):
+  # The per-head loop (XLA:CPU, long rows) and the batched form are one
+  # function; the parity tests above cover each on the rows they pick.
+  rng = np.random.default_rng(0)
+  b, q, k, heads, kv = 2, 7, 9, 3, 4
+  query, key, value = (
+    jnp.asarray(rng.normal(size=(b, n, heads, kv)), jnp.float32)
+    for n in (q, k, k)
+  )
+  mask = jnp.asarray(rng.random((mask_batch, 1, q, k)) < 0.7)
+  bias = jnp.asarray(rng.normal(size=(1, heads, q, k)), jnp.float32)
+  for bias_or_none in (bias, None):
+    want = t5._attend(query, key, value, mask, bias_or_none, jnp.float32)
+    got = t5._attend_per_head(
+      query, key, value, mask, bias_or_none, jnp.float32
+    )
+    assert got.shape == (b, q, heads, kv)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
