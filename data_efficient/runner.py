@@ -134,6 +134,10 @@ class Batch:
   tokens: np.ndarray  # int32 [b, len]
   segment_ids: np.ndarray  # int32 [b, len], 1..s per row, 0 = padding
   members: list[list[int]]  # per row: record index of each segment
+  # Output slots per row (the step's static `num_segments`): the smallest
+  # power of two that holds the batch's most packed row, so a batch of long
+  # prompts does not pay for 8 decoder queries per row while shapes stay few.
+  num_segments: int
   # With decoder targets: the parallel decoder row, same shape and numbering.
   decoder_target_tokens: np.ndarray | None = None
   decoder_segment_ids: np.ndarray | None = None
@@ -178,7 +182,9 @@ def make_batches(
       members = group[start : start + full]
       size = _batch_rows(len(members), full, batch_multiple)
       tokens, segments = _fill_rows(ids, members, (size, bucket))
-      batch = Batch(tokens, segments, members)
+      most = max(len(row) for row in members)
+      slots = min(packing.max_segments, 1 << (most - 1).bit_length())
+      batch = Batch(tokens, segments, members, slots)
       if decoder_target_ids is not None:
         batch.decoder_target_tokens, batch.decoder_segment_ids = _fill_rows(
           decoder_target_ids, members, (size, bucket)
@@ -279,8 +285,7 @@ class Runner:
     start = time.perf_counter()
     decoder = prepared.decoder_target_ids
     for batch in make_batches(prepared.ids, self.packing, width, decoder):
-      args = [self.params, batch.tokens, batch.segment_ids]
-      args.append(self.packing.max_segments)
+      args = [self.params, batch.tokens, batch.segment_ids, batch.num_segments]
       if decoder is not None:
         args += [batch.decoder_target_tokens, batch.decoder_segment_ids]
       result = self._step(*args)

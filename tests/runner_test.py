@@ -38,15 +38,19 @@ def test_batches_have_few_shapes_and_little_padding():
     max_length=512, max_segments=8, tokens_per_batch=16384
   )
   batches = list(runner.make_batches(ids, packing, batch_multiple=8))
-  shapes = {b.tokens.shape for b in batches}
+  shapes = {(b.tokens.shape, b.num_segments) for b in batches}
   real = lengths.sum()
   padded = sum(b.tokens.size for b in batches)
   assert sum(len(m) for b in batches for m in b.members) == 2000
   assert all(b.tokens.shape[0] % 8 == 0 for b in batches)
-  assert len(shapes) <= 8 * 4  # buckets x last-batch sizes
+  assert len(shapes) <= 8 * 4 * 2  # buckets x last-batch sizes x slots
   assert 1 - real / padded < 0.15, 1 - real / padded
   for b in batches:  # tokens sit where their segment ids say
     np.testing.assert_array_equal(b.tokens > 0, b.segment_ids > 0)
+    # Output slots: a power of two that holds the most packed row.
+    most = max(len(m) for m in b.members)
+    assert most <= b.num_segments < 2 * most
+    assert b.segment_ids.max() == most
 
 
 def write_corpus(path, n, seed=0):
