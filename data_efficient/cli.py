@@ -431,10 +431,12 @@ def _init_processes(args) -> None:
 
 
 def _load_model(args):
-  """(config, params) from --model / --checkpoint, with loud random tiny.
+  """(config, load_params) from --model / --checkpoint, loud on random tiny.
 
-  params is None for an Orbax checkpoint, which `_run_model_stage` restores
-  straight onto the mesh (each process reading only its devices' shards).
+  `load_params(mesh)` reads the weights only when a run needs them (a
+  finished run's rerun does not): an Orbax checkpoint is restored straight
+  onto the mesh (each process reading only its devices' shards), other
+  formats into host memory.
   """
   from data_efficient.models import checkpoints, orbax_io, presets, t5
 
@@ -452,11 +454,14 @@ def _load_model(args):
         "test models may run with random weights)."
       )
     _warn_random(args.model)
-    return config, t5.init_params(config, seed=0)
+    return config, lambda mesh: t5.init_params(config, seed=0)
+  dtype = _numpy_dtype(args.dtype)
   if checkpoints.detect_format(args.checkpoint).startswith("orbax"):
-    return config, None
-  return config, checkpoints.load_params(
-    args.checkpoint, config, dtype=_numpy_dtype(args.dtype)
+    return config, lambda mesh: orbax_io.restore_sharded(
+      args.checkpoint, config, mesh, dtype=dtype
+    )
+  return config, lambda mesh: checkpoints.load_params(
+    args.checkpoint, config, dtype=dtype
   )
 
 
@@ -477,9 +482,11 @@ def _warn_random(model: str) -> None:
 
 
 def _run_model_stage(
-  args, stage, config, params, abstract, schema, run_config, provenance
+  args, stage, config, load_params, abstract, schema, run_config, provenance
 ):
-  """Shared tail of `score` and `embed`: corpus, mesh, runner, manifest.
+  """Shared tail of `score`, `perplexity` and `embed`: corpus, mesh, runner,
+  manifest. The weights are read (`load_params(mesh)`) only if the output is
+  not already complete.
 
   `abstract` is the model's boxed abstract parameter tree (logical axes),
   from which the parameter shardings are derived.
@@ -503,14 +510,6 @@ def _run_model_stage(
     max_segments=args.max_segments,
     tokens_per_batch=args.tokens_per_batch,
   )
-  shardings = sharding.param_shardings(abstract, mesh)
-  if params is None:
-    from data_efficient.models import orbax_io
-
-    params = orbax_io.restore_sharded(
-      args.checkpoint, config, mesh, dtype=_numpy_dtype(args.dtype)
-    )
-  model_runner = runner.Runner(stage, params, mesh, packing, shardings)
   run_config = dict(
     run_config,
     model=args.model,
@@ -538,7 +537,13 @@ def _run_model_stage(
     limit=args.limit,
     progress=not args.no_progress,
   )
-  manifest = runner.run_stage(model_runner, corpus, out)
+  manifest = runner.completed_run(out)
+  if manifest is None:
+    shardings = sharding.param_shardings(abstract, mesh)
+    model_runner = runner.Runner(
+      stage, load_params(mesh), mesh, packing, shardings
+    )
+    manifest = runner.run_stage(model_runner, corpus, out)
   _print_summary(manifest)
   return 0
 
@@ -550,7 +555,7 @@ def _score(args) -> int:
   from data_efficient import askllm
   from data_efficient.models import t5, tokenizer
 
-  config, params = _load_model(args)
+  config, load_params = _load_model(args)
   tok = tokenizer.Tokenizer(args.vocab or tokenizer.DEFAULT_VOCAB)
   stage = askllm.AskLLMStage(config, tok, args.max_length)
   schema = pa.schema(
@@ -568,7 +573,7 @@ def _score(args) -> int:
     args,
     stage,
     config,
-    params,
+    load_params,
     t5.abstract_params(config),
     schema,
     {"stage": "score", "prompt_sha256": askllm.prompt_sha256()},
@@ -585,14 +590,14 @@ def _perplexity(args) -> int:
   from data_efficient import perplexity
   from data_efficient.models import t5, tokenizer
 
-  config, params = _load_model(args)
+  config, load_params = _load_model(args)
   tok = tokenizer.Tokenizer(args.vocab or tokenizer.DEFAULT_VOCAB)
   stage = perplexity.PerplexityStage(config, tok, args.max_tokens)
   return _run_model_stage(
     args,
     stage,
     config,
-    params,
+    load_params,
     t5.abstract_params(config),
     perplexity.schema(),
     {
@@ -614,12 +619,17 @@ def _embed(args) -> int:
     if args.vocab:
       raise SystemExit(f"error: --model {MINILM} brings its own vocabulary.")
     config, params, tok = bert.load_minilm(args.checkpoint, dtype=args.dtype)
+
+    def load_params(mesh):
+      del mesh  # MiniLM is small: read with its config and vocabulary.
+      return params
+
     stage = embed.bert_stage(config, tok, args.storage_dtype)
     abstract = bert.abstract_params(config)
   else:
     from data_efficient.models import t5, tokenizer
 
-    config, params = _load_model(args)
+    config, load_params = _load_model(args)
     tok = tokenizer.Tokenizer(args.vocab or tokenizer.DEFAULT_VOCAB)
     stage = embed.sentence_t5_stage(
       config, tok, args.max_length, args.storage_dtype
@@ -629,7 +639,7 @@ def _embed(args) -> int:
     args,
     stage,
     config,
-    params,
+    load_params,
     abstract,
     embed.schema(stage.dim, args.storage_dtype),
     {"stage": "embed", "storage_dtype": args.storage_dtype},

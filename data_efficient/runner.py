@@ -437,6 +437,16 @@ class StageOutput:
   progress: bool = True
 
 
+def completed_run(out: StageOutput) -> dict[str, Any] | None:
+  """The manifest if `out` already holds this finished run (else None)."""
+  from data_efficient.io import results
+
+  manifest = results.completed_manifest(out.output_dir, out.run_config)
+  if manifest is not None:
+    print(f"{out.output_dir} is already complete.", file=sys.stderr)
+  return manifest
+
+
 def run_stage(
   runner: Runner,
   corpus: corpus_lib.Corpus,
@@ -456,9 +466,8 @@ def run_stage(
   from data_efficient.io import results
 
   index, count = jax.process_index(), jax.process_count()
-  manifest = results.completed_manifest(out.output_dir, out.run_config)
+  manifest = completed_run(out)
   if manifest is not None:
-    print(f"{out.output_dir} is already complete.", file=sys.stderr)
     return manifest
   writer = results.ResultWriter(
     out.output_dir,

@@ -16,6 +16,7 @@ from text_fixtures import synthetic_texts
 
 from data_efficient import cli, runner
 from data_efficient.io import results
+from data_efficient.models import t5
 
 
 @pytest.mark.parametrize("max_segments", [1, 3, 8])
@@ -79,7 +80,9 @@ def score_args(corpus, out, vocab, *extra):
   ]  # fmt: skip
 
 
-def test_score_writes_every_row_and_a_manifest(tmp_path, vocab_path, capsys):
+def test_score_writes_every_row_and_a_manifest(
+  tmp_path, vocab_path, capsys, monkeypatch
+):
   corpus = write_corpus(tmp_path / "c.jsonl", 70)
   out = tmp_path / "scores"
   assert cli.main(score_args(corpus, out, vocab_path)) == 0
@@ -97,10 +100,16 @@ def test_score_writes_every_row_and_a_manifest(tmp_path, vocab_path, capsys):
   assert manifest["random_weights"] is True
   assert manifest["run_config"]["prompt_sha256"]
   assert "RANDOM weights" in capsys.readouterr().err
-  # Rerunning a finished command changes nothing.
+  # Rerunning a finished command changes nothing, and reads no weights.
   before = sorted(os.listdir(out))
+
+  def no_weights(*args, **kwargs):
+    raise AssertionError("a finished run's rerun read the weights")
+
+  monkeypatch.setattr(t5, "init_params", no_weights)
   assert cli.main(score_args(corpus, out, vocab_path)) == 0
   assert sorted(os.listdir(out)) == before
+  assert "is already complete" in capsys.readouterr().err
 
 
 def _cli(args, **kwargs):
