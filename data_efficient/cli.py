@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     help="Tokens of the example that are kept and split (prefix + target).",
   )
   _add_run_flags(ppl)
-  ppl.set_defaults(func=_perplexity, tokens_per_batch=8192)
+  ppl.set_defaults(func=_perplexity)
 
   emb = sub.add_parser(
     "embed",
