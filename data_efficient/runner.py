@@ -479,10 +479,10 @@ def run_stage(
   )
   start = writer.rows_done
   records = corpus.records(index, count, start=start, block_size=out.chunk_size)
-  total = None
+  total = corpus.share_size(index, count, out.chunk_size)
   if out.limit is not None:
     records = _whole_blocks(records, max(0, out.limit - start))
-    total = out.limit
+    total = out.limit if total is None else min(total, out.limit)
   if start:
     print(
       f"[process {index}] resuming after {start} rows already written.",

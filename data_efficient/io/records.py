@@ -103,6 +103,15 @@ class Corpus(abc.ABC):
   def describe(self) -> dict[str, Any]:
     """JSON-able provenance for manifests (kind, files or TFDS name, ...)."""
 
+  def share_size(
+    self, process_index: int = 0, process_count: int = 1, block_size: int = 1
+  ) -> int | None:
+    """Records in this process's share (see `records`), when known without
+    reading them (TFDS split metadata); None otherwise. Progress bars use it
+    for their ETA."""
+    del process_index, process_count, block_size
+    return None
+
   @abc.abstractmethod
   def records(
     self,

@@ -170,6 +170,26 @@ class TfdsCorpus(records_lib.Corpus):
       checker, process_index, process_count, start, block_size
     )
 
+  def share_size(
+    self, process_index: int = 0, process_count: int = 1, block_size: int = 1
+  ) -> int:
+    """See `Corpus.share_size`: from the split's example counts."""
+    _, first, end = self._share(process_index, process_count, block_size)
+    return end - first
+
+  def _share(
+    self, process_index: int, process_count: int, block_size: int
+  ) -> tuple[list[tuple[str, int, int]], int, int]:
+    """(the split's absolute parts, first, end) of this process's share."""
+    parts = self._absolute_parts()
+    first, end = share_range(
+      sum(to - from_ for _, from_, to in parts),
+      process_index,
+      process_count,
+      block_size,
+    )
+    return parts, first, end
+
   def _absolute_parts(self) -> list[tuple[str, int, int]]:
     """The split as (split name, from, to) absolute ranges, in read order."""
     import tensorflow_datasets as tfds  # Lazy: see the module docstring.
@@ -196,14 +216,8 @@ class TfdsCorpus(records_lib.Corpus):
     import tensorflow_datasets as tfds
 
     builder = self._builder()
-    parts = self._absolute_parts()
     # `offset`: index of this share's first example in the split.
-    offset, end = share_range(
-      sum(to - from_ for _, from_, to in parts),
-      process_index,
-      process_count,
-      block_size,
-    )
+    parts, offset, end = self._share(process_index, process_count, block_size)
     if offset == end:
       return
     ds = builder.as_dataset(

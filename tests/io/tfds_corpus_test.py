@@ -143,6 +143,8 @@ def test_shares_are_whole_blocks(data_dir, check_block_shares):
     # 4 blocks (3 + 3 + 3 + 2 examples) for 5 processes: one has none.
     sizes = [len(list(corpus.records(i, 5, block_size=3))) for i in range(5)]
     assert sizes == [0, 3, 3, 3, 2]
+    # Known from the split's metadata, without reading (the progress ETA).
+    assert [corpus.share_size(i, 5, block_size=3) for i in range(5)] == sizes
     # Sub-splits, concatenated: blocks count from their own first example.
     sub = open_corpus(_SPEC, data_dir=data_dir, split="train[1:4]+train[6:]")
     shares = [list(sub.records(i, 2, block_size=3)) for i in range(2)]
@@ -152,6 +154,7 @@ def test_shares_are_whole_blocks(data_dir, check_block_shares):
   blocks = [r.block for share in shares for r in share]
   assert blocks == [0, 0, 0, 1, 1, 1, 2, 2]
   assert [len(share) for share in shares] == [3, 5]
+  assert [sub.share_size(i, 2, block_size=3) for i in range(2)] == [3, 5]
 
 
 @pytest.mark.parametrize("block_size", [1, 3, 8])
