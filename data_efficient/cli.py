@@ -98,6 +98,24 @@ def _add_model_flags(p: argparse.ArgumentParser, default_model: str | None):
   )
 
 
+def _add_embeddings_flags(p: argparse.ArgumentParser) -> None:
+  """Input, output and batching flags of the stages that read embeddings."""
+  p.add_argument(
+    "--embeddings",
+    required=True,
+    help="An `embed` output directory, or a .npy float matrix [N, d] "
+    "(ids are then the row numbers).",
+  )
+  p.add_argument("--output", required=True, help="Output directory.")
+  p.add_argument(
+    "--batch_rows",
+    type=int,
+    default=65536,
+    help="Embeddings per batch, and rows per output shard.",
+  )
+  p.add_argument("--no_progress", action="store_true")
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
   g = p.add_argument_group("run")
   g.add_argument("--output", required=True, help="Output directory.")
@@ -206,13 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
     description="Scores how crowded each example's neighbourhood is. "
     "Rerun the same command after an interruption to resume.",
   )
-  den.add_argument(
-    "--embeddings",
-    required=True,
-    help="An `embed` output directory, or a .npy float matrix [N, d] "
-    "(ids are then the row numbers).",
-  )
-  den.add_argument("--output", required=True)
   den.add_argument("--estimator", choices=("sketch", "exact"), default="sketch")
   den.add_argument(
     "--kernel",
@@ -245,7 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
     action="store_true",
     help="Sketch: subtract the expected bucket-collision count.",
   )
-  den.add_argument("--batch_rows", type=int, default=65536)
   den.add_argument(
     "--checkpoint_every",
     type=int,
@@ -254,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     "at the first batch end after every this many rows, and when pass 1 "
     "ends; a rerun resumes from the last save. 0 disables.",
   )
-  den.add_argument("--no_progress", action="store_true")
+  _add_embeddings_flags(den)
   den.set_defaults(func=_density)
 
   clu = sub.add_parser(
@@ -269,12 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
     "--checkpoint_every iterations (OUTPUT/kmeans_checkpoints): rerun the "
     "same command after an interruption to resume.",
   )
-  clu.add_argument(
-    "--embeddings",
-    required=True,
-    help="An `embed` output directory, or a .npy float matrix [N, d].",
-  )
-  clu.add_argument("--output", required=True, help="Output directory.")
   clu.add_argument(
     "--method",
     required=True,
@@ -322,14 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     help="semdedup: most embeddings held in memory at once (whole "
     "clusters; one pass over the input per group).",
   )
-  clu.add_argument("--batch_rows", type=int, default=65536)
   clu.add_argument(
     "--checkpoint_every",
     type=int,
     default=1,
     help="Iterations between k-means checkpoints (0: only the last).",
   )
-  clu.add_argument("--no_progress", action="store_true")
+  _add_embeddings_flags(clu)
   clu.set_defaults(func=_cluster)
 
   conv = sub.add_parser(
