@@ -5,8 +5,8 @@ prompt, the first decoder step, a softmax over the full vocabulary, in
 float32, with the same thread count. Weights are random (speed does not depend
 on them). The peer runs twice: (a) batches in input order padded to the
 longest, (b) batches of length-sorted documents. Ours packs and buckets (the
-production path, `runner.make_batches`, with the platform's default batch
-budget, `runner.PackingConfig.for_mesh`).
+production path, `engine.make_batches`, with the platform's default batch
+budget, `engine.PackingConfig.for_mesh`).
 
 Also measured in the same run: the matmul peak (2048^3 float32 jnp.dot) for
 our model FLOP utilisation, and the host tokenisation rate of the full prompt
@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_efficient import askllm, runner, sharding
+from data_efficient import sharding
 from data_efficient.models import presets, t5, tokenizer
+from data_efficient.stages import askllm, engine
 
 
 def doc_lengths(n: int, seed: int = 0) -> np.ndarray:
@@ -100,15 +101,15 @@ def ours(config, params, docs, yes_id, no_id, packing) -> float:
   class Stage:
     step = staticmethod(askllm.make_score_fn(config, yes_id, no_id))
 
-  run = runner.Runner(Stage, params, mesh, packing)
+  run = engine.Runner(Stage, params, mesh, packing)
   print(f"ours: {run.packing.tokens_per_batch} tokens per batch")
-  prepared = runner.Prepared(ids=docs, columns={})
-  stats = runner.RunStats()
+  prepared = engine.Prepared(ids=docs, columns={})
+  stats = engine.RunStats()
   run._device_outputs(prepared, stats)  # compile every shape once
   best = np.inf
   for _ in range(2):
     t = time.perf_counter()
-    run._device_outputs(prepared, runner.RunStats())
+    run._device_outputs(prepared, engine.RunStats())
     best = min(best, time.perf_counter() - t)
   return best, stats.padding_fraction
 
@@ -199,7 +200,7 @@ def main():
   peak = matmul_peak()
   print(f"matmul peak (2048^3 f32 jnp.dot): {peak / 1e9:.1f} GFLOP/s")
   result = {"peak_gflops": round(peak / 1e9, 1)}
-  packing = runner.PackingConfig(max_length=512, max_segments=8)
+  packing = engine.PackingConfig(max_length=512, max_segments=8)
   for name in args.models.split(","):
     config = presets.get_preset(f"flan_t5_{name}")
     params = t5.init_params(config, seed=0)

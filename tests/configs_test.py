@@ -7,7 +7,7 @@ import gin
 import pytest
 from gin import config_parser
 
-from data_efficient import span_corruption
+from data_efficient.pretraining import span_corruption
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _CONFIGS = sorted((_ROOT / "configs" / "t5x").glob("*.gin"))
@@ -50,7 +50,7 @@ def test_gin_file(path):
     for s in statements
     if isinstance(s, config_parser.BindingStatement)
   }
-  assert "data_efficient.seqio_tasks" in imports
+  assert "data_efficient.pretraining.seqio_tasks" in imports
   assert includes == [
     "t5x/configs/runs/pretrain.gin",
     f"t5x/examples/t5/t5_1_1/{_SIZES[path.name]}.gin",
@@ -87,8 +87,8 @@ def test_launch_command_in_header(path, tmp_path):
   seqio = pytest.importorskip("seqio")
   import pyarrow as pa
 
-  from data_efficient import seqio_tasks
   from data_efficient.io import results
+  from data_efficient.pretraining import seqio_tasks
 
   assert seqio_tasks.task_name(env.group(1)) == task
   selection = tmp_path / "sel"

@@ -20,8 +20,8 @@ def vocab_path(tmp_path_factory) -> str:
   """A small SentencePiece model with T5's special ids, where the Ask-LLM
   answers "yes" and "no" are single pieces (trained on prompts, as the demo
   does)."""
-  from data_efficient import askllm
   from data_efficient.models import tokenizer
+  from data_efficient.stages import askllm
 
   path = tmp_path_factory.mktemp("vocab") / "spm.model"
   texts = [askllm.build_prompt(t) for t in synthetic_texts(300)]

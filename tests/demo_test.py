@@ -6,7 +6,8 @@ import pickle
 
 import pytest
 
-from data_efficient import demo, demo_corpus
+from data_efficient import demo
+from data_efficient.demo import corpus as demo_corpus
 from data_efficient.io import results
 
 

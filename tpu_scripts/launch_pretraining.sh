@@ -3,7 +3,7 @@
 #
 # Pre-trains T5 1.1 SIZE (small or large) with T5X on every worker of TPU VM
 # NAME, on the task c4_SELECTION_span_corruption, which
-# data_efficient.seqio_tasks registers from DATA_EFFICIENT_SELECTIONS=
+# data_efficient.pretraining.seqio_tasks registers from DATA_EFFICIENT_SELECTIONS=
 # SELECTION=SELECTION_DIR (a selection or a materialised directory, as the
 # workers see it). Extra flags go to t5x/train.py (e.g. --gin.BATCH_SIZE=512).
 # DRY_RUN=1 or --dry_run prints the command instead of running it.

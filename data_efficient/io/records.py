@@ -43,6 +43,16 @@ NEVER_RAISED = frozenset({EMPTY, WHITESPACE, TOO_LONG})
 
 ON_ERROR_POLICIES = ("raise", "mark")
 
+# Records whose text could not be read carry no information to rank by:
+# `select` leaves them out unless told otherwise.
+DEFAULT_EXCLUDED_PROBLEMS = (
+  MALFORMED_JSON,
+  MISSING_FIELD,
+  NOT_A_STRING,
+  READ_ERROR,
+  DUPLICATE_ID,
+)
+
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 _FIX_HINT = "or pass on_error='mark' to keep it as a marked record"

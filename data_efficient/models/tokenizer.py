@@ -99,3 +99,17 @@ def train_vocab(
       minloglevel=2,
     )
   return path
+
+
+def check_vocab_fits(tokenizer_size: int, model_size: int, path) -> None:
+  """Token ids beyond the embedding table would be clamped silently.
+
+  Raises:
+    ValueError: if the vocabulary has more pieces than the model embeds.
+  """
+  if tokenizer_size > model_size:
+    raise ValueError(
+      f"The vocabulary {path} has {tokenizer_size} pieces but the model "
+      f"embeds only {model_size}: pass the --vocab the model was trained "
+      "with."
+    )

@@ -1,0 +1,91 @@
+"""Embedding shards: the `embed` stage's output format, read and written.
+
+An embeddings directory is a results directory (`results`) whose rows carry
+`(id, problem, n_tokens, truncated, embedding)`, the embedding a fixed-size
+list column (float32, or float16 to halve the disk). Density and clustering
+stream it back in batches; a plain `.npy` float matrix [N, d] made elsewhere
+is read too (ids are then the row numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from data_efficient.io import results
+
+EMBEDDING_COLUMN = "embedding"
+
+
+def schema(dim: int, storage_dtype: str = "float32"):
+  """Row schema of an embeddings directory."""
+  import pyarrow as pa
+
+  value = pa.float16() if storage_dtype == "float16" else pa.float32()
+  return pa.schema(
+    [
+      ("id", pa.string()),
+      ("problem", pa.string()),
+      ("n_tokens", pa.int32()),
+      ("truncated", pa.bool_()),
+      (EMBEDDING_COLUMN, pa.list_(value, dim)),
+    ]
+  )
+
+
+def iter_embeddings(
+  path: str, batch_rows: int = 65_536
+) -> Iterator[tuple[list[str], list[str | None], np.ndarray]]:
+  """Streams (ids, problems, float32 [rows, dim]) from an embed directory.
+
+  A plain `.npy` float matrix [N, d] made elsewhere is accepted too; its ids
+  are the row numbers and it has no problems.
+
+  Raises:
+    ValueError: on a matrix that is not 2-D float, or mixed widths.
+  """
+  if path.endswith(".npy"):
+    matrix = np.load(path, mmap_mode="r")
+    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
+      raise ValueError(
+        f"{path}: expected a 2-D float matrix [N, d], got "
+        f"{matrix.dtype} {matrix.shape}."
+      )
+    for start in range(0, len(matrix), batch_rows):
+      stop = min(len(matrix), start + batch_rows)
+      ids = [str(i) for i in range(start, stop)]
+      vectors = np.asarray(matrix[start:stop], np.float32)
+      yield ids, [None] * len(ids), vectors
+    return
+  width = None
+  columns = ["id", "problem", EMBEDDING_COLUMN]
+  for batch in results.iter_results(
+    path, columns=columns, batch_rows=batch_rows
+  ):
+    column = batch.column(2)
+    dim = column.type.list_size
+    if width is not None and dim != width:
+      raise ValueError(f"{path}: embedding widths differ ({width} vs {dim}).")
+    width = dim
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    vectors = flat.reshape(-1, dim).astype(np.float32)
+    yield batch.column(0).to_pylist(), batch.column(1).to_pylist(), vectors
+
+
+def read_embeddings(path: str) -> tuple[list[str], np.ndarray]:
+  """All (ids, float32 [N, dim]) of an embed directory or `.npy` file."""
+  ids, parts = [], []
+  for batch_ids, _, vectors in iter_embeddings(path):
+    ids += batch_ids
+    parts.append(vectors)
+  if not parts:
+    raise ValueError(f"{path}: no embeddings.")
+  return ids, np.concatenate(parts)
+
+
+def num_rows(path: str) -> int:
+  """Rows of an embed directory (its manifest) or `.npy` matrix."""
+  if path.endswith(".npy"):
+    return int(np.load(path, mmap_mode="r").shape[0])
+  return int(results.read_manifest(path)["num_rows"])

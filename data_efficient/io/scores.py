@@ -1,0 +1,79 @@
+"""Score directories: what each stage's output contributes to a selection.
+
+A score directory is a results directory (`results`) written by `score`,
+`density`, `cluster` or `perplexity`; its manifest's `stage` says which kind
+of score it holds and which column is the score. Select and the report read
+them through `read_scores`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from data_efficient.io import results
+
+# Which score a stage's directory contributes, by the manifest's `stage`.
+QUALITY, DENSITY = "quality", "density"
+SEMDEDUP, PROTOTYPES = "semdedup", "prototypes"
+PERPLEXITY = "perplexity"
+
+# kind -> (default score column, the command that writes it)
+PRODUCERS = {
+  QUALITY: ("p_yes", "data-efficient score"),
+  DENSITY: ("density", "data-efficient density"),
+  SEMDEDUP: ("semdedup_similarity", "data-efficient cluster --method semdedup"),
+  PROTOTYPES: (
+    "centroid_distance",
+    "data-efficient cluster --method prototypes",
+  ),
+  PERPLEXITY: ("mean_nll", "data-efficient perplexity"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+  """One score per id, from one stage's output directory."""
+
+  kind: str  # QUALITY, DENSITY, SEMDEDUP or PROTOTYPES
+  path: str
+  column: str
+  ids: np.ndarray  # [n] str
+  values: np.ndarray  # [n] float64
+  problems: np.ndarray  # [n] str ('' = none)
+  manifest: dict
+
+
+def read_scores(path: str, column: str | None = None) -> Scores:
+  """Reads a `score`, `density` or `cluster` output directory.
+
+  Raises:
+    ValueError: if the directory is not a score, density or cluster output,
+      or has no such column.
+  """
+  manifest = results.read_manifest(path)
+  stage = manifest.get("stage")
+  if stage == "score":
+    kind, column = QUALITY, column or manifest.get("score_column", "p_yes")
+  elif stage in (DENSITY, SEMDEDUP, PROTOTYPES, PERPLEXITY):
+    kind, column = stage, column or PRODUCERS[stage][0]
+  else:
+    raise ValueError(
+      f"{path}: a '{stage}' directory holds no scores to select by; pass "
+      "the output of `data-efficient score`, `density`, `cluster` or "
+      "`perplexity`."
+    )
+  table = results.read_results(path, columns=["id", "problem", column])
+  problems = table.column("problem").to_pylist()
+  return Scores(
+    kind=kind,
+    path=path,
+    column=column,
+    ids=np.asarray(table.column("id").to_pylist(), dtype=object),
+    values=table.column(column)
+    .to_numpy(zero_copy_only=False)
+    .astype(np.float64),
+    problems=np.asarray([p or "" for p in problems], dtype=object),
+    manifest=manifest,
+  )

@@ -1,0 +1,1 @@
+"""From a selection to training: SeqIO tasks, span corruption, Beam materialisation."""

@@ -1,0 +1,1 @@
+"""The cluster stage: k-means of the embeddings, then SemDeDup or SSL-prototype scores."""
