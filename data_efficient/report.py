@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from data_efficient.stages import configs
+
 _COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948",
            "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")  # fmt: skip
 
@@ -352,3 +354,18 @@ def from_dirs(
     manifests[f"select {manifest.get('sampler')}: {path}"] = manifest
   report = Report(title, ids, texts, sources, columns, chosen, list(notes))
   return report, manifests
+
+
+def report(config: configs.ReportConfig) -> Report:
+  """The `report` stage: writes the HTML page; returns what it shows."""
+  page, manifests = from_dirs(
+    config.corpus.open(),
+    scores=config.scores,
+    selections=config.selections,
+    title=config.title,
+    limit=config.limit,
+    notes=config.notes,
+  )
+  with open(config.output, "w", encoding="utf-8") as f:
+    f.write(render(page, manifests))
+  return page

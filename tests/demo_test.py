@@ -9,6 +9,7 @@ import pytest
 from data_efficient import demo
 from data_efficient.demo import corpus as demo_corpus
 from data_efficient.io import results
+from data_efficient.stages import configs
 
 
 def test_corpus_has_every_source_and_never_unpickles(tmp_path, monkeypatch):
@@ -33,7 +34,9 @@ def test_corpus_has_every_source_and_never_unpickles(tmp_path, monkeypatch):
 def test_demo_runs_every_stage_and_resumes(tmp_path):
   pytest.importorskip("gensim")
   out = str(tmp_path / "demo")
-  summary = demo.run(out, per_source=12, progress=False)
+  summary = demo.run(
+    configs.DemoConfig(output=out, per_source=12, progress=False)
+  )
   for stage in ("scores/askllm", "embeddings", "scores/density"):
     assert results.read_manifest(os.path.join(out, stage))["num_rows"] == 60
   for sampler in demo.SAMPLERS:
@@ -48,7 +51,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     s: results.read_results(os.path.join(out, "selection", s)).to_pylist()
     for s in demo.SAMPLERS
   }
-  demo.run(out, per_source=12, progress=False)
+  demo.run(configs.DemoConfig(output=out, per_source=12, progress=False))
   for s in demo.SAMPLERS:
     after = results.read_results(os.path.join(out, "selection", s)).to_pylist()
     assert after == before[s]

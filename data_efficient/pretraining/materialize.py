@@ -4,9 +4,9 @@ Filtering C4 by url in the training input pipeline makes every host read
 the whole corpus and hold a url table (see `seqio_tasks`). For real runs,
 materialise the selection once:
 
-  python3 -m data_efficient.pretraining.materialize \\
+  data-efficient materialize \\
     --selection=/data/selection/askllm_xl_20 \\
-    --corpus=tfds:c4/en:3.1.0 \\
+    --input=tfds:c4/en:3.1.0 \\
     --output=gs://my-bucket/materialized/askllm_xl_20
 
 The output directory then holds
@@ -30,7 +30,7 @@ Runners. Without runner flags Beam's DirectRunner runs the job in this
 process (fine for tests and small corpora). At C4 scale use Dataflow; extra
 flags go to Beam's PipelineOptions:
 
-  python3 -m data_efficient.pretraining.materialize --selection=... --corpus=... \\
+  data-efficient materialize --selection=... --input=... \\
     --output=gs://bucket/materialized/NAME --num_reads=1024 \\
     --runner=DataflowRunner --project=PROJECT --region=us-central1 \\
     --temp_location=gs://bucket/tmp --setup_file=./setup.py \\
@@ -41,7 +41,7 @@ flags go to Beam's PipelineOptions:
 whole corpus once (for c4/en train about 364M records, ~800 GB), which
 Dataflow Shuffle handles; the selection directory must be readable by the
 workers (gs:// or a path every worker sees). Selections of non-TFDS corpora
-work the same way (`--corpus=/data/*.jsonl.gz`); give their validation
+work the same way (`--input=/data/*.jsonl.gz`); give their validation
 split with `--validation_corpus`, or none.
 
 Apache Beam is an optional dependency (`pip install .[beam]`).
@@ -49,9 +49,7 @@ Apache Beam is an optional dependency (`pip install .[beam]`).
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -321,48 +319,19 @@ def materialize(
   return manifest
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """Command line: see the module docstring."""
-  parser = argparse.ArgumentParser(
-    prog="python3 -m data_efficient.pretraining.materialize",
-    description=(
-      "Write a selection's examples as TFRecords; unknown flags go to "
-      "Apache Beam (e.g. --runner=DataflowRunner)."
-    ),
+def run(config) -> dict[str, Any]:
+  """The `materialize` stage (`configs.MaterializeConfig`); the manifest."""
+  corpus = config.corpus
+  return materialize(
+    config.selection,
+    config.output,
+    corpus=corpus.input,
+    validation_corpus=config.validation_corpus or None,
+    data_dir=corpus.tfds_data_dir,
+    text_field=corpus.text_field,
+    id_field=corpus.id_field,
+    num_reads=config.num_reads,
+    num_shards=config.num_shards,
+    allow_missing=config.allow_missing,
+    pipeline_args=config.pipeline_args,
   )
-  parser.add_argument("--selection", required=True, help="selection dir")
-  parser.add_argument("--output", required=True, help="output dir or gs://")
-  parser.add_argument("--corpus", default="tfds:c4/en:3.1.0")
-  parser.add_argument(
-    "--validation_corpus",
-    default="auto",
-    help="spec of the validation split; 'auto' (TFDS: its validation "
-    "split) or '' for none",
-  )
-  parser.add_argument("--data_dir", default=None, help="TFDS data dir")
-  parser.add_argument("--text_field", default="text")
-  parser.add_argument("--id_field", default=None)
-  parser.add_argument("--num_reads", type=int, default=256)
-  parser.add_argument("--num_shards", type=int, default=0)
-  parser.add_argument("--allow_missing", action="store_true")
-  args, pipeline_args = parser.parse_known_args(argv)
-  logging.basicConfig(level=logging.INFO)
-  manifest = materialize(
-    args.selection,
-    args.output,
-    corpus=args.corpus,
-    validation_corpus=args.validation_corpus,
-    data_dir=args.data_dir,
-    text_field=args.text_field,
-    id_field=args.id_field,
-    num_reads=args.num_reads,
-    num_shards=args.num_shards,
-    allow_missing=args.allow_missing,
-    pipeline_args=pipeline_args,
-  )
-  print(json.dumps(manifest["splits"], indent=2, sort_keys=True))
-  return 0
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())

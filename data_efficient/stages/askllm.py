@@ -18,6 +18,7 @@ import numpy as np
 
 from data_efficient.models import t5
 from data_efficient.models.tokenizer import Tokenizer, check_vocab_fits
+from data_efficient.stages import configs, engine
 
 PROMPT_PREFIX = "###\n"
 PROMPT_SUFFIX = (
@@ -30,7 +31,7 @@ PROMPT_SUFFIX = (
 YES, NO = "yes", "no"
 
 # The paper does not give the scorer's input length; 512 is T5's own.
-DEFAULT_MAX_LENGTH = 512
+DEFAULT_MAX_LENGTH = configs.default(configs.ScoreConfig, "max_length")
 
 
 def build_prompt(example: str) -> str:
@@ -170,7 +171,7 @@ def make_score_fn(config: t5.T5Config, yes_id: int, no_id: int):
 
 
 class AskLLMStage:
-  """The Ask-LLM stage for `runner.Runner`: prompts in, P("yes") out."""
+  """The Ask-LLM stage for `engine.Runner`: prompts in, P("yes") out."""
 
   def __init__(
     self,
@@ -187,12 +188,8 @@ class AskLLMStage:
     self.step = make_score_fn(config, self.yes_id, self.no_id)
 
   def prepare(self, texts: list[str]):
-    from data_efficient.stages.engine import (
-      Prepared,  # runner imports io; keep lazy
-    )
-
     encoded = encode_prompts(self.tokenizer, texts, self.max_length)
-    return Prepared(
+    return engine.Prepared(
       ids=encoded.ids,
       columns={
         "n_tokens": np.asarray([len(x) for x in encoded.ids], np.int32),
@@ -210,3 +207,43 @@ class AskLLMStage:
       "log_p_yes": log_p_yes,
       "p_yes_renorm": renorm.astype(np.float32),
     }
+
+
+def schema():
+  """Row schema of a `score` directory."""
+  import pyarrow as pa
+
+  return pa.schema(
+    [
+      ("id", pa.string()),
+      ("problem", pa.string()),
+      ("n_tokens", pa.int32()),
+      ("truncated", pa.bool_()),
+      ("p_yes", pa.float32()),
+      ("log_p_yes", pa.float32()),
+      ("p_yes_renorm", pa.float32()),
+    ]
+  )
+
+
+def score(config: configs.ScoreConfig) -> dict:
+  """The `score` stage: Ask-LLM P('yes') of every record; the manifest."""
+  config.processes.initialize()
+  model_config, load_params = engine.load_model(config.model)
+  stage = AskLLMStage(
+    model_config, engine.tokenizer_for(config.model), config.max_length
+  )
+  return engine.run_model_stage(
+    config,
+    stage,
+    model_config,
+    load_params,
+    t5.abstract_params(model_config),
+    schema(),
+    {"stage": "score", "prompt_sha256": prompt_sha256()},
+    {
+      "stage": "score",
+      "score_column": "p_yes",
+      "answer_ids": {"yes": stage.yes_id, "no": stage.no_id},
+    },
+  )

@@ -12,13 +12,14 @@ from collections.abc import Callable
 
 import numpy as np
 
+from data_efficient.io import embeddings
 from data_efficient.io.embeddings import EMBEDDING_COLUMN
 from data_efficient.models import t5
 from data_efficient.models.tokenizer import Tokenizer, check_vocab_fits
-from data_efficient.stages import engine
+from data_efficient.stages import configs, engine
 
 # sentence-transformers' max_seq_length for the sentence-t5 models.
-DEFAULT_MAX_LENGTH = 256
+DEFAULT_MAX_LENGTH = configs.default(configs.EmbedConfig, "max_length")
 
 
 class EmbedStage:
@@ -141,4 +142,48 @@ def bert_stage(config, tokenizer, storage_dtype: str = "float32") -> EmbedStage:
     dim=config.emb_dim,
     tokenizer_path=tokenizer.path,
     storage_dtype=storage_dtype,
+  )
+
+
+def embed(config: configs.EmbedConfig) -> dict:
+  """The `embed` stage: every record's sentence embedding; the manifest.
+
+  Raises:
+    ValueError: a vocabulary given for MiniLM, which brings its own.
+  """
+  config.processes.initialize()
+  model, storage_dtype = config.model, config.storage_dtype
+  if model.model == configs.MINILM:
+    from data_efficient.models import bert
+
+    if model.vocab:
+      raise ValueError(f"model={configs.MINILM!r} brings its own vocabulary.")
+    model_config, params, tok = bert.load_minilm(
+      model.checkpoint, dtype=model.dtype
+    )
+
+    def load_params(mesh):
+      del mesh  # MiniLM is small: read with its config and vocabulary.
+      return params
+
+    stage = bert_stage(model_config, tok, storage_dtype)
+    abstract = bert.abstract_params(model_config)
+  else:
+    model_config, load_params = engine.load_model(model)
+    stage = sentence_t5_stage(
+      model_config,
+      engine.tokenizer_for(model),
+      config.max_length,
+      storage_dtype,
+    )
+    abstract = t5.abstract_params(model_config)
+  return engine.run_model_stage(
+    config,
+    stage,
+    model_config,
+    load_params,
+    abstract,
+    embeddings.schema(stage.dim, storage_dtype),
+    {"stage": "embed", "storage_dtype": storage_dtype},
+    {"stage": "embed", "embedding_column": EMBEDDING_COLUMN},
   )

@@ -30,6 +30,8 @@ import jax
 import numpy as np
 
 from data_efficient import sharding
+from data_efficient.runs import driver
+from data_efficient.stages import configs
 
 if TYPE_CHECKING:
   from data_efficient.io import corpus as corpus_lib
@@ -385,18 +387,6 @@ def _chunked(
     yield chunk
 
 
-def _whole_blocks(
-  records: Iterable[corpus_lib.Record], limit: int
-) -> Iterator[corpus_lib.Record]:
-  """At least `limit` records (if there are), ending at a block boundary."""
-  last = None
-  for n, record in enumerate(records):
-    if n >= limit and record.block != last:
-      return
-    last = record.block
-    yield record
-
-
 def _row_columns(
   chunk: list[corpus_lib.Record], columns: Mapping[str, np.ndarray]
 ) -> dict[str, Any]:
@@ -423,120 +413,131 @@ def _progress_bar(enabled: bool, total: int | None, initial: int):
   )
 
 
-@dataclasses.dataclass(frozen=True)
-class StageOutput:
-  """Where and how a model stage writes (the CLI fills it from flags)."""
-
-  output_dir: str
-  schema: Any  # pyarrow.Schema of the rows
-  run_config: dict[str, Any]  # everything that determines the rows
-  provenance: dict[str, Any]  # extra manifest fields (model, prompt, ...)
-  chunk_size: int = 2048
-  chunks_per_shard: int = 16
-  limit: int | None = None  # records per process, rounded up to whole blocks
-  progress: bool = True
+def warn_random(model: str) -> None:
+  """Says loudly that a tiny test model has random weights."""
+  bar = "!" * 72
+  print(
+    f"{bar}\n!! --model {model} has RANDOM weights: its scores and embeddings "
+    f"mean NOTHING.\n!! Use it to test the pipeline, never to select data.\n"
+    f"{bar}",
+    file=sys.stderr,
+  )
 
 
-def completed_run(out: StageOutput) -> dict[str, Any] | None:
-  """The manifest if `out` already holds this finished run (else None)."""
-  from data_efficient.io import results
+def load_model(model: configs.ModelConfig):
+  """(T5 config, load_params) from the model settings.
 
-  manifest = results.completed_manifest(out.output_dir, out.run_config)
-  if manifest is not None:
-    print(f"{out.output_dir} is already complete.", file=sys.stderr)
-  return manifest
+  `load_params(mesh)` reads the weights only when a run needs them (a
+  finished run's rerun does not): an Orbax checkpoint is restored straight
+  onto the mesh (each process reading only its devices' shards), other
+  formats into host memory.
+
+  Raises:
+    ValueError: without a model or checkpoint, or a real model without
+      weights.
+  """
+  from data_efficient.models import checkpoints, orbax_io, presets, t5
+
+  if model.model is None and model.checkpoint is None:
+    raise ValueError("Give model, checkpoint, or both.")
+  if model.model is not None:
+    config = presets.get_preset(model.model)
+  else:
+    config = orbax_io.config_from_checkpoint(model.checkpoint)
+  config = config.replace(dtype=model.dtype)
+  if model.checkpoint is None:
+    if not model.model.startswith("tiny"):
+      raise ValueError(
+        f"model={model.model!r} needs a checkpoint (only the tiny test "
+        "models may run with random weights)."
+      )
+    warn_random(model.model)
+    return config, lambda mesh: t5.init_params(config, seed=0)
+  dtype = np.float32 if model.dtype == "float32" else "bfloat16"
+  if checkpoints.detect_format(model.checkpoint).startswith("orbax"):
+    return config, lambda mesh: orbax_io.restore_sharded(
+      model.checkpoint, config, mesh, dtype=dtype
+    )
+  return config, lambda mesh: checkpoints.load_params(
+    model.checkpoint, config, dtype=dtype
+  )
 
 
-def run_stage(
-  runner: Runner,
-  corpus: corpus_lib.Corpus,
-  out: StageOutput,
-  *,
-  on_chunk: Callable[[RunStats], None] | None = None,
+def run_model_stage(
+  settings: configs.ScoreConfig
+  | configs.PerplexityConfig
+  | configs.EmbedConfig,
+  stage: Stage,
+  model_config: Any,
+  load_params: Callable[[jax.sharding.Mesh], Any],
+  abstract: Any,
+  schema: Any,
+  run_config: Mapping[str, Any],
+  provenance: Mapping[str, Any],
 ) -> dict[str, Any]:
-  """Runs a model stage for this process, resuming, then writes the manifest.
+  """The shared tail of score, perplexity and embed: corpus, mesh, runner,
+  manifest. The weights are read (`load_params(mesh)`) only if the output is
+  not already complete.
 
-  Every process writes its own shards and statistics; process 0 waits for
-  all of them and writes `manifest.json` last, atomically. Rerunning a
-  finished run's command changes nothing and returns its manifest.
+  Args:
+    settings: The stage's config.
+    stage: The stage's host and device functions.
+    model_config: The network's config (recorded in the manifest).
+    load_params: Reads the weights for a mesh.
+    abstract: The model's boxed abstract parameter tree (logical axes),
+      from which the parameter shardings are derived.
+    schema: pyarrow schema of the rows.
+    run_config: The stage's own entries of the run config.
+    provenance: The stage's own manifest fields.
 
   Returns:
-    The manifest (on process 0) or this process's row count.
+    The manifest (process 0) or this process's row count.
   """
-  from data_efficient.io import results
-
-  index, count = jax.process_index(), jax.process_count()
-  manifest = completed_run(out)
+  corpus = settings.corpus.open()
+  run, model = settings.run, settings.model
+  mesh = sharding.local_mesh(model.model_parallelism)
+  packing = PackingConfig(
+    max_length=stage.max_length,
+    max_segments=run.max_segments,
+    tokens_per_batch=run.tokens_per_batch,
+  )
+  run_config = dict(
+    run_config,
+    model=model.model,
+    checkpoint=model.checkpoint,
+    vocab=stage.tokenizer_path,
+    dtype=model.dtype,
+    max_length=stage.max_length,
+    corpus=corpus.describe(),
+    chunk_size=run.chunk_size,
+    chunks_per_shard=run.chunks_per_shard,
+    limit=run.limit,
+  )
+  provenance = dict(
+    provenance,
+    model_config=dataclasses.asdict(model_config),
+    random_weights=model.checkpoint is None,
+  )
+  out = driver.StageOutput(
+    output_dir=run.output,
+    schema=schema,
+    run_config=run_config,
+    provenance=provenance,
+    chunk_size=run.chunk_size,
+    chunks_per_shard=run.chunks_per_shard,
+    limit=run.limit,
+    progress=run.progress,
+  )
+  manifest = driver.completed_run(out.output_dir, out.run_config)
   if manifest is not None:
     return manifest
-  writer = results.ResultWriter(
-    out.output_dir,
-    out.schema,
-    process_index=index,
-    process_count=count,
-    rows_per_shard=out.chunk_size * out.chunks_per_shard,
-    run_config=out.run_config,
-  )
-  start = writer.rows_done
-  records = corpus.records(index, count, start=start, block_size=out.chunk_size)
-  total = corpus.share_size(index, count, out.chunk_size)
-  if out.limit is not None:
-    records = _whole_blocks(records, max(0, out.limit - start))
-    total = out.limit if total is None else min(total, out.limit)
-  if start:
-    print(
-      f"[process {index}] resuming after {start} rows already written.",
-      file=sys.stderr,
-    )
-  stats = runner.run(
-    records,
-    writer,
-    chunk_size=out.chunk_size,
-    total=total,
-    progress=out.progress and index == 0,
-    on_chunk=on_chunk,
-  )
-  rows = writer.close()
-  # Statistics of this session only (a resumed run reports what it redid).
-  results.write_json(
-    out.output_dir,
-    f"stats-{index:05d}.json",
-    {"process_index": index, "rows": rows, "stats": stats.as_dict()},
-  )
-  sharding.barrier(f"{out.output_dir}:done")
-  if index:
-    return {"process_index": index, "rows": rows}
-  manifest = dict(out.provenance)
-  manifest.update(
-    run_config=out.run_config,
-    processes=[
-      results.read_json(out.output_dir, f"stats-{i:05d}.json")
-      for i in range(count)
-    ],
-    code_version=code_version(),
-  )
-  return results.write_manifest(out.output_dir, manifest)
+  shardings = sharding.param_shardings(abstract, mesh)
+  runner = Runner(stage, load_params(mesh), mesh, packing, shardings)
+  return driver.run_stage(runner, corpus, out)
 
 
-def code_version() -> str:
-  """The package version, plus the git commit when run from a checkout."""
-  import importlib.metadata
-  import os
-  import subprocess
+def tokenizer_for(model: configs.ModelConfig):
+  """The SentencePiece tokenizer of a model stage (`vocab` or T5's)."""
+  from data_efficient.models import tokenizer
 
-  try:
-    version = importlib.metadata.version("data_efficient")
-  except importlib.metadata.PackageNotFoundError:
-    version = "unknown"
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  try:
-    commit = subprocess.run(
-      ["git", "-C", root, "rev-parse", "--short", "HEAD"],
-      capture_output=True,
-      text=True,
-      check=True,
-      timeout=5,
-    ).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return version
-  return f"{version}+g{commit}"
+  return tokenizer.Tokenizer(model.vocab or tokenizer.DEFAULT_VOCAB)

@@ -45,12 +45,12 @@ import numpy as np
 
 from data_efficient.models import t5
 from data_efficient.models.tokenizer import Tokenizer, check_vocab_fits
-from data_efficient.stages import engine
+from data_efficient.stages import configs, engine
 
 # Names the prefix/target rule in manifests; change it if the rule changes.
 SPLIT_VERSION = "first_half_v1"
 # Document tokens read per example (prefix + continuation, EOS not counted).
-DEFAULT_MAX_TOKENS = 512
+DEFAULT_MAX_TOKENS = configs.default(configs.PerplexityConfig, "max_tokens")
 # Fewer tokens leave an empty prefix: no prefix-LM score (NaN).
 MIN_TOKENS = 2
 # Packing rows are rounded up to this many tokens, the runner's default
@@ -314,4 +314,27 @@ def schema():
       ("nll_sum", pa.float32()),
       ("perplexity", pa.float32()),
     ]
+  )
+
+
+def perplexity(config: configs.PerplexityConfig) -> dict:
+  """The `perplexity` stage: every record's prefix-LM NLL; the manifest."""
+  config.processes.initialize()
+  model_config, load_params = engine.load_model(config.model)
+  stage = PerplexityStage(
+    model_config, engine.tokenizer_for(config.model), config.max_tokens
+  )
+  return engine.run_model_stage(
+    config,
+    stage,
+    model_config,
+    load_params,
+    t5.abstract_params(model_config),
+    schema(),
+    {
+      "stage": "perplexity",
+      "max_tokens": config.max_tokens,
+      "split": SPLIT_VERSION,
+    },
+    {"stage": "perplexity", "score_column": "mean_nll"},
   )

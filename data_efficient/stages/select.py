@@ -14,32 +14,10 @@ import numpy as np
 
 from data_efficient.io import records
 from data_efficient.io import scores as scores_lib
-from data_efficient.stages import sampling
+from data_efficient.runs import driver
+from data_efficient.stages import configs, sampling
 
-# sampler -> (scores it needs, description)
-SAMPLERS: dict[str, tuple[tuple[str, ...], str]] = {
-  "askllm-topk": ((scores_lib.QUALITY,), "highest Ask-LLM P(yes)"),
-  "density-ips": ((scores_lib.DENSITY,), "inverse propensity, p ~ 1/density"),
-  "density-topk": ((scores_lib.DENSITY,), "highest density (crowded regions)"),
-  "density-bottomk": ((scores_lib.DENSITY,), "lowest density (outliers)"),
-  "random": ((), "uniform, keyed by id"),
-  "askllm-then-ips": (
-    (scores_lib.QUALITY, scores_lib.DENSITY),
-    "Ask-LLM top --quality_rate, then inverse propensity within it",
-  ),
-  "semdedup": (
-    (scores_lib.SEMDEDUP,),
-    "SemDeDup: lowest similarity to a more outlying cluster-mate",
-  ),
-  "prototypes": (
-    (scores_lib.PROTOTYPES,),
-    "SSL prototypes: farthest from the nearest k-means centroid",
-  ),
-  "perplexity": (
-    (scores_lib.PERPLEXITY,),
-    "lowest mean token NLL under a prefix-LM T5 (too short to score: left out)",
-  ),
-}
+SAMPLERS = configs.SAMPLERS
 
 
 def _aligned(
@@ -71,7 +49,7 @@ def _aligned(
   return ids, values, problems
 
 
-def select(
+def choose(
   sampler: str,
   inputs: Sequence[scores_lib.Scores],
   *,
@@ -215,3 +193,42 @@ def selection_manifest(
       for s in inputs
     ],
   }
+
+
+def select(config: configs.SelectConfig) -> dict:
+  """The `select` stage: the kept ids, sorted, and the manifest."""
+  import pyarrow as pa
+
+  inputs = [scores_lib.read_scores(path) for path in config.scores]
+  excluded = tuple(config.exclude_problems)
+  chosen, counts = choose(
+    config.sampler,
+    inputs,
+    rate=config.rate,
+    k=config.k,
+    seed=config.seed,
+    quality_rate=config.quality_rate,
+    excluded_problems=excluded,
+  )
+
+  def write_rows(writer):
+    if writer.rows_done == 0:
+      writer.write({"id": list(chosen)})
+    return selection_manifest(
+      config.sampler,
+      inputs,
+      counts,
+      rate=config.rate,
+      k=config.k,
+      seed=config.seed,
+      excluded_problems=excluded,
+    )
+
+  return driver.reduce(
+    config.output,
+    config.run_config(),
+    pa.schema([("id", pa.string())]),
+    1_000_000,
+    write_rows,
+    timed=False,
+  )

@@ -15,6 +15,7 @@ import pytest
 from data_efficient import sharding
 from data_efficient.io import results
 from data_efficient.runs import snapshots
+from data_efficient.stages import configs
 from data_efficient.stages.cluster import kmeans
 from data_efficient.stages.density import run, sketch
 
@@ -87,7 +88,9 @@ def test_sketch_pass_1_resumes_to_identical_counts(tmp_path, monkeypatch):
   x = np.random.default_rng(0).normal(size=(1000, 8)).astype(np.float32)
   path = str(tmp_path / "x.npy")
   np.save(path, x)
-  config = run.DensityConfig(rows=16, buckets=64, bandwidth=1.0, seed=3)
+  config = configs.DensityConfig(
+    rows=16, buckets=64, bandwidth=1.0, seed=3, embeddings=path, output=""
+  )
   mesh = sharding.make_mesh()
   want = run.build_sketch(path, config, mesh, batch_rows=96)
   where = str(tmp_path / "ckpt")
@@ -118,7 +121,7 @@ def test_kmeans_resumes_to_identical_centroids(tmp_path, monkeypatch):
   x = np.random.default_rng(1).normal(size=(500, 8)).astype(np.float32)
   path = str(tmp_path / "x.npy")
   np.save(path, x)
-  config = kmeans.KMeansConfig(clusters=6, iterations=5, seed=2)
+  config = configs.KMeansConfig(clusters=6, iterations=5, seed=2)
   mesh = sharding.make_mesh()
   want = kmeans.fit(path, config, mesh, batch_rows=128)
   where = str(tmp_path / "ckpt")

@@ -5,8 +5,9 @@ import pyarrow as pa
 import pytest
 
 from data_efficient import cli
+from data_efficient.cli import flags
 from data_efficient.io import records, results, scores
-from data_efficient.stages import select
+from data_efficient.stages import configs, select
 
 
 def write_dir(path, stage, column, ids, values, problems=None):
@@ -69,26 +70,26 @@ def test_density_topk_and_bottomk_skip_excluded_rows(tmp_path, dirs):
     tmp_path, "--scores", dirs[1], "--sampler", "density-bottomk", "--k", "2"
   )
   assert ids == ["d1", "d3"]
-  top = select.select("density-topk", [scores.read_scores(dirs[1])], k=2)[0]
+  top = select.choose("density-topk", [scores.read_scores(dirs[1])], k=2)[0]
   assert list(top) == ["d5", "d6"]  # d9 (density 10) is malformed: excluded
 
 
 def test_seeded_samplers_are_deterministic_and_differ_by_seed(tmp_path, dirs):
   inputs = [scores.read_scores(d) for d in dirs]
   for sampler in ("density-ips", "random", "askllm-then-ips"):
-    a = select.select(sampler, inputs, k=4, seed=1)[0]
-    b = select.select(sampler, inputs[::-1], k=4, seed=1)[0]
+    a = select.choose(sampler, inputs, k=4, seed=1)[0]
+    b = select.choose(sampler, inputs[::-1], k=4, seed=1)[0]
     np.testing.assert_array_equal(a, b)
     assert "d9" not in a and len(set(a)) == 4
   seeds = {
-    tuple(select.select("random", inputs, k=4, seed=s)[0]) for s in range(5)
+    tuple(select.choose("random", inputs, k=4, seed=s)[0]) for s in range(5)
   }
   assert len(seeds) > 1
 
 
 def test_askllm_then_ips_samples_within_the_quality_top(dirs):
   inputs = [scores.read_scores(d) for d in dirs]
-  chosen, counts = select.select(
+  chosen, counts = select.choose(
     "askllm-then-ips", inputs, k=3, seed=0, quality_rate=0.4
   )
   assert set(chosen) <= {"d0", "d2", "d4", "d6"}
@@ -98,26 +99,21 @@ def test_askllm_then_ips_samples_within_the_quality_top(dirs):
 def test_bad_requests_are_clear_errors(tmp_path, dirs):
   q = scores.read_scores(dirs[0])
   with pytest.raises(ValueError, match="needs density"):
-    select.select("density-ips", [q], k=1)
+    select.choose("density-ips", [q], k=1)
   with pytest.raises(ValueError, match="eligible"):
-    select.select("askllm-topk", [q], k=10)
+    select.choose("askllm-topk", [q], k=10)
   other = write_dir(tmp_path / "o", "density", "density", IDS[:9], DENSITY[:9])
   with pytest.raises(ValueError, match="different examples"):
-    select.select("askllm-then-ips", [q, scores.read_scores(other)], k=1)
+    select.choose("askllm-then-ips", [q, scores.read_scores(other)], k=1)
 
 
-def test_cli_sampler_list_matches_the_library():
-  assert set(cli._SAMPLERS) == set(select.SAMPLERS)
-  assert cli.build_parser().parse_args(
-    [
-      "select",
-      "--scores",
-      "s",
-      "--sampler",
-      "random",
-      "--k",
-      "1",
-      "--output",
-      "o",
-    ]
-  ).exclude_problems == ",".join(records.DEFAULT_EXCLUDED_PROBLEMS)
+def test_cli_select_flags_come_from_the_library():
+  parser = cli.build_parser()
+  base = ["select", "--scores", "s", "--k", "1", "--output", "o"]
+  for sampler in select.SAMPLERS:
+    args = parser.parse_args([*base, "--sampler", sampler])
+    config = flags.config_from_args(configs.SelectConfig, args)
+    assert config.sampler == sampler
+    assert config.exclude_problems == records.DEFAULT_EXCLUDED_PROBLEMS
+  with pytest.raises(SystemExit):
+    parser.parse_args([*base, "--sampler", "nonsense"])

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -44,17 +45,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_efficient.io import embeddings
+from data_efficient.io import scores as scores_lib
+from data_efficient.runs import driver
+from data_efficient.stages import configs
 from data_efficient.stages.cluster import kmeans
 
-SEMDEDUP, PROTOTYPES = "semdedup", "prototypes"
-METHODS = (SEMDEDUP, PROTOTYPES)
+SEMDEDUP, PROTOTYPES = configs.SEMDEDUP, configs.PROTOTYPES
+METHODS = configs.CLUSTER_METHODS
 # Score columns, by method (what `select` ranks by).
-SCORE_COLUMNS = {
-  SEMDEDUP: "semdedup_similarity",
-  PROTOTYPES: "centroid_distance",
-}
-DEFAULT_EPS = 0.1
-DEFAULT_GROUP_ROWS = 2_000_000
+SCORE_COLUMNS = {m: scores_lib.PRODUCERS[m][0] for m in METHODS}
+DEFAULT_EPS = configs.default(configs.ClusterConfig, "eps")
+DEFAULT_GROUP_ROWS = configs.default(configs.ClusterConfig, "group_rows")
 # Subdirectory of a `cluster` output directory holding k-means checkpoints.
 KMEANS_CHECKPOINTS = "kmeans_checkpoints"
 # Elements of one [rows, block] similarity tile per device (16 MB).
@@ -277,7 +278,7 @@ class ClusterScores:
 def cluster_scores(
   path: str,
   method: str,
-  config: kmeans.KMeansConfig,
+  config: configs.KMeansConfig,
   mesh: jax.sharding.Mesh,
   *,
   eps: float = DEFAULT_EPS,
@@ -305,9 +306,9 @@ def cluster_scores(
     ValueError: on an unknown method or eps outside [0, 2].
   """
   if method not in METHODS:
-    raise ValueError(f"--method {method!r}: use one of {METHODS}.")
+    raise ValueError(f"method={method!r}: use one of {METHODS}.")
   if not 0.0 <= eps <= 2.0:
-    raise ValueError(f"--eps {eps}: must be in [0, 2] (cosine distance).")
+    raise ValueError(f"eps={eps}: must be in [0, 2] (cosine distance).")
   result = kmeans.fit(
     path,
     config,
@@ -364,3 +365,48 @@ def batches(
       "problem": problems[skip:],
       **scores.columns(lo + skip, hi),
     }
+
+
+def cluster(config: configs.ClusterConfig) -> dict:
+  """The `cluster` stage: k-means, then every embedding's SemDeDup or
+  prototype score; the manifest (with the clustering's summary)."""
+  from data_efficient import sharding
+
+  method, kmeans_config = config.method, config.kmeans
+  scores = None
+
+  def write_rows(writer):
+    nonlocal scores
+    scores = cluster_scores(
+      config.embeddings,
+      method,
+      kmeans_config,
+      sharding.make_mesh(),
+      eps=config.eps,
+      batch_rows=config.batch_rows,
+      group_rows=config.group_rows,
+      checkpoint_dir=os.path.join(config.output, KMEANS_CHECKPOINTS),
+      checkpoint_every=config.checkpoint_every,
+      progress=config.progress,
+    )
+    for batch in batches(
+      config.embeddings,
+      scores,
+      start=writer.rows_done,
+      batch_rows=config.batch_rows,
+    ):
+      writer.write(batch)
+    return {
+      "stage": method,
+      "score_column": SCORE_COLUMNS[method],
+      "clustering": scores.summary(),
+      "embeddings_manifest": driver.input_manifest(config.embeddings),
+    }
+
+  return driver.reduce(
+    config.output,
+    config.run_config(),
+    schema(method),
+    config.batch_rows,
+    write_rows,
+  )

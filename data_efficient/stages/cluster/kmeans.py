@@ -49,45 +49,12 @@ import numpy as np
 
 from data_efficient import sharding
 from data_efficient.io import embeddings
-from data_efficient.stages import sampling
+from data_efficient.stages import configs, sampling
 
 # Elements of one [block, clusters] distance tile per device (16 MB).
 _TILE_ELEMENTS = 1 << 22
 _ALIGN = 8
 _HIGHEST = jax.lax.Precision.HIGHEST
-INITS = ("kmeans++", "random")
-
-
-@dataclasses.dataclass(frozen=True)
-class KMeansConfig:
-  """What determines the clustering (recorded in manifests and checkpoints).
-
-  Attributes:
-    clusters: k (the paper: 10,000).
-    iterations: Lloyd iterations (passes over the data) after the
-      initialisation; the paper does not give it.
-    seed: Seed of the initial sample and of k-means++.
-    spherical: Cosine (unit vectors, normalised centroids) or Euclidean.
-    init: 'kmeans++' on the sample, or 'random' (the sample's first k rows).
-    init_sample: Rows sampled for the initialisation (at least `clusters`
-      are used).
-  """
-
-  clusters: int = 10_000
-  iterations: int = 20
-  seed: int = 0
-  spherical: bool = True
-  init: str = "kmeans++"
-  init_sample: int = 65_536
-
-  def __post_init__(self):
-    if self.clusters < 1 or self.iterations < 0:
-      raise ValueError(
-        f"--clusters={self.clusters} must be >= 1 and "
-        f"--iterations={self.iterations} >= 0."
-      )
-    if self.init not in INITS:
-      raise ValueError(f"--init {self.init!r}: use one of {INITS}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +145,7 @@ def kmeans_plus_plus(x: jax.Array, k: int, key: jax.Array) -> jax.Array:
 
 
 def init_centroids(
-  path: str, config: KMeansConfig, batch_rows: int = 65_536
+  path: str, config: configs.KMeansConfig, batch_rows: int = 65_536
 ) -> np.ndarray:
   """[k, d] initial centroids: a seeded sample, then k-means++ or its head.
 
@@ -189,7 +156,7 @@ def init_centroids(
   ids, sample = sample_rows(path, size, config.seed, batch_rows)
   if len(sample) < config.clusters:
     raise ValueError(
-      f"{path}: {len(sample)} embeddings, fewer than --clusters "
+      f"{path}: {len(sample)} embeddings, fewer than clusters="
       f"{config.clusters}."
     )
   if not np.isfinite(sample).all():
@@ -387,7 +354,7 @@ def _check_batch(x: np.ndarray, d: int, first_row: int) -> None:
 
 def fit(
   path: str,
-  config: KMeansConfig,
+  config: configs.KMeansConfig,
   mesh: jax.sharding.Mesh,
   *,
   batch_rows: int = 65_536,

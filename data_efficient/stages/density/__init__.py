@@ -3,6 +3,7 @@
 - `kernels`: the kernel functions and their default bandwidth rule.
 - `exact`: blocked, mesh-sharded exact kernel sums (the ground truth).
 - `sketch`: the RACE sketch (p-stable LSH counts), two streaming passes.
+- `run`: the stage (`density(config)`): embeddings in, scores out.
 """
 
 from data_efficient.stages.density import exact, kernels, sketch
@@ -14,6 +15,7 @@ from data_efficient.stages.density.kernels import (
   kernel_matrix,
   lsh_collision_probability,
 )
+from data_efficient.stages.density.run import density
 from data_efficient.stages.density.sketch import RaceSketch
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
   "Kernel",
   "RaceSketch",
   "default_bandwidth",
+  "density",
   "exact",
   "kernel_matrix",
   "kernel_sums",

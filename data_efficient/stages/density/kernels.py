@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Kernel = Literal["gaussian", "laplacian", "cosine", "lsh"]
-KERNELS: tuple[str, ...] = get_args(Kernel)
+from data_efficient.stages import configs
+
+Kernel = str  # one of KERNELS
+KERNELS = configs.KERNELS
 
 # Squared distances below this fraction of ||x||^2 are float32 round-off of
 # ||x||^2 + ||y||^2 - 2 x.y (a point against itself gives ~1e-7, i.e. a

@@ -12,6 +12,7 @@ the sketch's pass 1 resumes from its last Orbax checkpoint of the counts
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -20,53 +21,17 @@ import jax
 import numpy as np
 
 from data_efficient.io import embeddings
+from data_efficient.runs import driver
+from data_efficient.stages import configs
 from data_efficient.stages.density import exact, kernels, sketch
 
 # Subdirectory of a density output directory holding pass-1 checkpoints.
 SKETCH_CHECKPOINTS = "sketch_checkpoints"
 
 
-@dataclasses.dataclass(frozen=True)
-class DensityConfig:
-  """What determines the scores (recorded in the manifest).
-
-  Attributes:
-    estimator: 'sketch' (RACE, the paper's) or 'exact'.
-    kernel: For 'exact': one of `kernels.KERNELS`; the sketch's kernel is
-      always 'lsh' (its collision probability).
-    bandwidth: Kernel bandwidth / hash width; None = `default_bandwidth` on a
-      seeded sample of the first batch.
-    rows: Sketch rows R.
-    buckets: Sketch buckets B per row.
-    seed: Seed of the hash functions and of the bandwidth sample.
-    median_kernel_value: The default bandwidth makes the kernel this value
-      at the median pairwise distance; smaller is more local.
-    debias: Sketch only: subtract the expected bucket-collision count, so
-      scores estimate the kernel sum (may then be <= 0 for isolated points,
-      which inverse propensity sampling cannot use); the paper uses raw
-      mean counts (default), which are >= 1.
-  """
-
-  estimator: str = "sketch"
-  kernel: str = "lsh"
-  bandwidth: float | None = None
-  rows: int = sketch.DEFAULT_ROWS
-  buckets: int = sketch.DEFAULT_BUCKETS
-  seed: int = 0
-  debias: bool = False
-  median_kernel_value: float = 0.1
-
-  def __post_init__(self):
-    if self.estimator not in ("sketch", "exact"):
-      raise ValueError(f"--estimator {self.estimator!r}: use sketch or exact.")
-    if self.estimator == "sketch" and self.kernel != "lsh":
-      raise ValueError(
-        f"--kernel {self.kernel}: the sketch estimates the 'lsh' kernel "
-        "only; use --estimator exact for other kernels."
-      )
-
-
-def resolve_bandwidth(path: str, config: DensityConfig) -> DensityConfig:
+def resolve_bandwidth(
+  path: str, config: configs.DensityConfig
+) -> configs.DensityConfig:
   """`config` with its bandwidth set: as given, or the default rule on a
   seeded sample of the first batch (recorded in the manifest either way)."""
   if config.bandwidth is not None:
@@ -98,7 +63,7 @@ def _with_last(iterable):
 
 def build_sketch(
   path: str,
-  config: DensityConfig,
+  config: configs.DensityConfig,
   mesh,
   batch_rows: int = 65_536,
   *,
@@ -190,7 +155,7 @@ def _open_checkpoint(directory: str, path: str, config, state):
 
 def density_scores(
   path: str,
-  config: DensityConfig,
+  config: configs.DensityConfig,
   mesh: jax.sharding.Mesh,
   *,
   start: int = 0,
@@ -267,4 +232,43 @@ def schema():
 
   return pa.schema(
     [("id", pa.string()), ("problem", pa.string()), ("density", pa.float32())]
+  )
+
+
+def density(config: configs.DensityConfig) -> dict:
+  """The `density` stage: every embedding's density score; the manifest.
+
+  The bandwidth is resolved first (the default rule on a seeded sample), so
+  the run config records the one used.
+  """
+  from data_efficient import sharding
+
+  config = resolve_bandwidth(config.embeddings, config)
+  checkpoint_dir = None
+  if config.checkpoint_every > 0:
+    checkpoint_dir = os.path.join(config.output, SKETCH_CHECKPOINTS)
+
+  def write_rows(writer):
+    for ids, problems, values in density_scores(
+      config.embeddings,
+      config,
+      sharding.make_mesh(),
+      start=writer.rows_done,
+      batch_rows=config.batch_rows,
+      progress=config.progress,
+      checkpoint_dir=checkpoint_dir,
+      checkpoint_every=config.checkpoint_every,
+    ):
+      writer.write({"id": ids, "problem": problems, "density": values})
+    return {
+      "stage": "density",
+      "embeddings_manifest": driver.input_manifest(config.embeddings),
+    }
+
+  return driver.reduce(
+    config.output,
+    config.run_config(),
+    schema(),
+    config.batch_rows,
+    write_rows,
   )

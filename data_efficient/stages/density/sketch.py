@@ -54,9 +54,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_efficient import sharding
+from data_efficient.stages import configs
 
-DEFAULT_ROWS = 1000
-DEFAULT_BUCKETS = 20000
+DEFAULT_ROWS = configs.default(configs.DensityConfig, "rows")
+DEFAULT_BUCKETS = configs.default(configs.DensityConfig, "buckets")
 DEFAULT_BLOCK = 2048
 # The range reduction multiplies 16-bit halves; B must fit in 16 bits.
 MAX_BUCKETS = 1 << 16

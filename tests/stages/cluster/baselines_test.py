@@ -6,7 +6,7 @@ import pytest
 
 from data_efficient import cli, sharding
 from data_efficient.io import results, scores
-from data_efficient.stages import select
+from data_efficient.stages import configs, select
 from data_efficient.stages.cluster import baselines, kmeans
 
 
@@ -59,7 +59,7 @@ def test_semdedup_matches_the_reference_and_finds_the_copies(tmp_path):
   x, copies = corpus()
   path = str(tmp_path / "x.npy")
   np.save(path, x)
-  config = kmeans.KMeansConfig(clusters=8, iterations=4, seed=1)
+  config = configs.KMeansConfig(clusters=8, iterations=4, seed=1)
   scores = baselines.cluster_scores(
     path, "semdedup", config, mesh(8), eps=0.01, batch_rows=128
   )
@@ -85,7 +85,7 @@ def test_semdedup_in_small_groups_equals_one_group(tmp_path):
   x, _ = corpus(seed=2)
   path = str(tmp_path / "x.npy")
   np.save(path, x)
-  config = kmeans.KMeansConfig(clusters=8, iterations=2)
+  config = configs.KMeansConfig(clusters=8, iterations=2)
   result = kmeans.fit(path, config, mesh(8), batch_rows=100)
   clusters, distances = [
     np.concatenate(a)
@@ -138,7 +138,7 @@ def test_semdedup_cli_and_select_keep_the_non_duplicates(tmp_path):
   assert chosen == sorted(ids[keep])
   # A lower rate drops the most duplicated of the kept ones first.
   sims = table.column("semdedup_similarity").to_numpy()
-  fewer = select.select("semdedup", [scores.read_scores(out)], k=10)[0]
+  fewer = select.choose("semdedup", [scores.read_scores(out)], k=10)[0]
   assert set(fewer) == set(ids[np.argsort(sims, kind="stable")[:10]])
 
 
@@ -155,7 +155,7 @@ def test_prototypes_cli_keeps_the_farthest_from_their_centroid(tmp_path):
   table = results.read_results(out)
   assert "semdedup_keep" not in table.column_names
   dist = table.column("centroid_distance").to_numpy()
-  config = kmeans.KMeansConfig(clusters=8, iterations=3, seed=5)
+  config = configs.KMeansConfig(clusters=8, iterations=3, seed=5)
   centroids = kmeans.fit(path, config, mesh(8), batch_rows=128).centroids
   cos = unit(x.astype(np.float64)) @ centroids.T.astype(np.float64)
   np.testing.assert_allclose(dist, 1 - cos.max(1), atol=1e-5)
@@ -163,20 +163,20 @@ def test_prototypes_cli_keeps_the_farthest_from_their_centroid(tmp_path):
     table.column("cluster").to_numpy(), cos.argmax(1)
   )
   ids = np.asarray(table.column("id").to_pylist())
-  chosen = select.select("prototypes", [scores.read_scores(out)], k=25)[0]
+  chosen = select.choose("prototypes", [scores.read_scores(out)], k=25)[0]
   assert set(chosen) == set(ids[np.argsort(-dist, kind="stable")[:25]])
   with pytest.raises(
     ValueError,
     match="needs semdedup scores .data-efficient cluster --method semdedup",
   ):
-    select.select("semdedup", [scores.read_scores(out)], k=1)
+    select.choose("semdedup", [scores.read_scores(out)], k=1)
 
 
 def test_bad_settings_are_clear_errors(tmp_path):
   path = str(tmp_path / "x.npy")
   np.save(path, corpus()[0])
-  config = kmeans.KMeansConfig(clusters=2, iterations=1)
-  with pytest.raises(ValueError, match="--method"):
+  config = configs.KMeansConfig(clusters=2, iterations=1)
+  with pytest.raises(ValueError, match="method="):
     baselines.cluster_scores(path, "dedup", config, mesh(1))
-  with pytest.raises(ValueError, match="--eps"):
+  with pytest.raises(ValueError, match="eps="):
     baselines.cluster_scores(path, "semdedup", config, mesh(1), eps=3.0)

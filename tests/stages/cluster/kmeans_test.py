@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from data_efficient import sharding
+from data_efficient.stages import configs
 from data_efficient.stages.cluster import kmeans
 
 
@@ -54,7 +55,7 @@ def npy(tmp_path):
 @pytest.mark.parametrize("spherical", [True, False])
 @pytest.mark.parametrize("devices", [1, 8])
 def test_matches_numpy_lloyd_on_1_and_8_devices(npy, spherical, devices):
-  config = kmeans.KMeansConfig(
+  config = configs.KMeansConfig(
     clusters=10, iterations=6, seed=3, spherical=spherical, init="random"
   )
   init = kmeans.init_centroids(npy, config, batch_rows=128)
@@ -76,14 +77,14 @@ def test_matches_numpy_lloyd_on_1_and_8_devices(npy, spherical, devices):
 
 
 def test_same_seed_same_centroids_whatever_the_devices(npy):
-  config = kmeans.KMeansConfig(clusters=12, iterations=3, seed=7)
+  config = configs.KMeansConfig(clusters=12, iterations=3, seed=7)
   one = kmeans.fit(npy, config, mesh(1), batch_rows=256)
   eight = kmeans.fit(npy, config, mesh(8), batch_rows=256)
   again = kmeans.fit(npy, config, mesh(8), batch_rows=256)
   np.testing.assert_array_equal(eight.centroids, again.centroids)
   np.testing.assert_allclose(one.centroids, eight.centroids, atol=1e-6)
   other = kmeans.fit(
-    npy, kmeans.KMeansConfig(clusters=12, iterations=3, seed=8), mesh(8)
+    npy, configs.KMeansConfig(clusters=12, iterations=3, seed=8), mesh(8)
   )
   assert not np.allclose(other.centroids, eight.centroids)
 
@@ -93,7 +94,7 @@ def test_init_is_independent_of_batching_and_row_order(tmp_path):
   a, b = str(tmp_path / "a.npy"), str(tmp_path / "b.npy")
   np.save(a, x)
   np.save(b, x)
-  config = kmeans.KMeansConfig(clusters=8, init_sample=50, seed=2)
+  config = configs.KMeansConfig(clusters=8, init_sample=50, seed=2)
   c1 = kmeans.init_centroids(a, config, batch_rows=64)
   c2 = kmeans.init_centroids(b, config, batch_rows=1000)
   np.testing.assert_array_equal(c1, c2)
@@ -130,8 +131,8 @@ def test_bad_inputs_are_clear_errors(tmp_path):
   path = str(tmp_path / "x.npy")
   np.save(path, x)
   with pytest.raises(ValueError, match="5"):
-    kmeans.fit(path, kmeans.KMeansConfig(clusters=2, iterations=1), mesh(1))
-  with pytest.raises(ValueError, match="fewer than --clusters"):
-    kmeans.init_centroids(path, kmeans.KMeansConfig(clusters=30))
+    kmeans.fit(path, configs.KMeansConfig(clusters=2, iterations=1), mesh(1))
+  with pytest.raises(ValueError, match="fewer than clusters="):
+    kmeans.init_centroids(path, configs.KMeansConfig(clusters=30))
   with pytest.raises(ValueError, match="init"):
-    kmeans.KMeansConfig(init="farthest")
+    configs.KMeansConfig(init="farthest")

@@ -1,0 +1,22 @@
+"""`data-efficient convert`: any supported checkpoint -> Orbax."""
+
+from data_efficient.stages.configs import ConvertConfig as CONFIG
+
+NAME = "convert"
+HELP = "Any supported checkpoint -> an Orbax checkpoint (+ config)."
+DESCRIPTION = (
+  "Reads a T5X (legacy or Orbax), Hugging Face or sentence-transformers "
+  "checkpoint and writes an Orbax checkpoint of the parameters plus the "
+  "model config, which every stage's --checkpoint restores sharded onto its "
+  "mesh."
+)
+
+
+def run(config: CONFIG) -> int:
+  from data_efficient.models import orbax_io
+
+  model_config = orbax_io.convert(
+    config.checkpoint, config.output, model=config.model, dtype=config.dtype
+  )
+  print(f"wrote {config.output} ({model_config})")
+  return 0

@@ -1,0 +1,17 @@
+"""`data-efficient embed`: sentence embeddings of every example."""
+
+from data_efficient.cli import summary
+from data_efficient.stages.configs import EmbedConfig as CONFIG
+
+NAME = "embed"
+HELP = "Sentence-T5 embeddings of every example (DENSITY's input)."
+DESCRIPTION = (
+  "Embeds every record (encoder, mean pooling, Dense, L2 normalise). Rerun "
+  "the same command after an interruption to resume."
+)
+
+
+def run(config: CONFIG) -> int:
+  from data_efficient.stages import embed
+
+  return summary.print_model_stage(embed.embed(config))
