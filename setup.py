@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
   "pyarrow>=15",
   "tqdm>=4.60",
   "tokenizers>=0.22",  # WordPiece for the BERT sentence embedder
+  "zstandard>=0.22",  # .jsonl.zst corpora (Dolma, DCLM, RedPajama)
 ]
 
 _BEAM = ["apache-beam[tfrecord]==2.77.0"]

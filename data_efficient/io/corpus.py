@@ -53,9 +53,9 @@ def open_corpus(
 
   Args:
     spec: A file, a directory (searched recursively) or a glob of .jsonl,
-      .jsonl.gz, .json, .json.gz (all JSON Lines), .txt or .txt.gz files,
-      local or gs://; or 'tfds:NAME[:VERSION][:SPLIT]', e.g.
-      'tfds:c4/en:3.1.0' (split 'train' unless given).
+      .json (JSON Lines) or .txt files, each also .gz or .zst, local or
+      gs://; or 'tfds:NAME[:VERSION][:SPLIT]', e.g. 'tfds:c4/en:3.1.0'
+      (split 'train' unless given).
     text_field: JSON field (or TFDS feature) holding the text.
     id_field: JSON field (or TFDS feature) holding a unique id. Default: for
       files, '<relative path>:<line>' (1-based); for TFDS, 'url'.
@@ -104,6 +104,7 @@ def open_corpus(
     raise ValueError(
       f"split/data_dir apply to 'tfds:' specs only, not to {spec!r}."
     )
-  return file_corpus.FileCorpus(
-    spec, options, one_doc_per_file=one_doc_per_file, share=share
+  root, files = file_corpus.resolve_files(spec)
+  return file_corpus.LinesCorpus(
+    spec, root, files, options, one_doc_per_file=one_doc_per_file, share=share
   )
