@@ -39,6 +39,8 @@ EXTRAS_REQUIRE = {
     "scikit-learn>=1.4",
     "ruff",
     "gensim==4.4.0",
+    # Writes the `save_to_disk` fixtures; the reader needs only pyarrow.
+    "datasets>=3",
     *_BEAM,
   ],
   # On a Cloud TPU VM: `pip install .[tpu]` swaps in the TPU runtime.

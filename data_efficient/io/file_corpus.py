@@ -2,7 +2,8 @@
 
 `FileCorpus` holds what every file corpus shares (finding the files, dealing
 them to processes, provenance); `LinesCorpus` reads JSON Lines and plain
-text, plain, gzip or Zstandard compressed (streamed).
+text, plain, gzip or Zstandard compressed (streamed); `table_corpus` reads
+Parquet and Arrow files.
 
 Ids are stable across machines and runs: the id field where one is given,
 else `<path relative to the corpus root>:<line>` (1-based), or the relative
@@ -13,7 +14,6 @@ directory holding a single file (so a single file's ids use its basename).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import glob
 import gzip
@@ -40,7 +40,9 @@ JSONL_SUFFIXES = (
   ".json.zst",
 )
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst")
-SUFFIXES = JSONL_SUFFIXES + TEXT_SUFFIXES
+PARQUET_SUFFIXES = (".parquet",)
+ARROW_SUFFIXES = (".arrow",)  # Arrow IPC streams, as `datasets` writes them.
+SUFFIXES = JSONL_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES + ARROW_SUFFIXES
 SHARE_MODES = ("auto", "files", "records")
 
 _GLOB_CHARS = "*?["
@@ -118,8 +120,8 @@ def resolve_files(spec: str) -> tuple[str, list[str]]:
   elif exists(spec):
     if not _is_supported(spec):
       raise InputError(
-        f"{spec}: unsupported file type; use one of {formats} (JSON Lines "
-        "or one document per line)."
+        f"{spec}: unsupported file type; use one of {formats} (JSON Lines, "
+        "one document per line, Parquet or Arrow)."
       )
     root, name = posixpath.split(spec) if remote else os.path.split(spec)
     return root or ".", [name]
@@ -158,10 +160,8 @@ def open_binary(path: str) -> Iterator[BinaryIO]:
 class FileCorpus(records_lib.Corpus):
   """Files dealt to processes whole or by blocks (see `open_corpus`).
 
-  Subclasses read the records; `KIND` names them in `describe`.
+  Subclasses read the records (and name their kind in `describe`).
   """
-
-  KIND = "files"
 
   def __init__(
     self,
@@ -181,11 +181,10 @@ class FileCorpus(records_lib.Corpus):
       options: Reader settings.
       share: See `open_corpus`.
     """
-    super().__init__()
+    super().__init__(options)
     if share not in SHARE_MODES:
       raise ValueError(f"share={share!r}: use one of {SHARE_MODES}.")
     self._spec = spec
-    self._options = options
     self._share = share
     self._root, self._files = root, files
 
@@ -208,6 +207,12 @@ class FileCorpus(records_lib.Corpus):
       return self._share
     return "files" if len(self._files) >= process_count else "records"
 
+  def _positional_ids(self) -> bool:
+    return self._options.id_field is None
+
+  def _kind(self) -> str:
+    return "files"
+
   def describe(self) -> dict[str, Any]:
     """Provenance: root, files (relative, sorted) with sizes, and settings."""
     if is_remote(self._root):
@@ -217,7 +222,7 @@ class FileCorpus(records_lib.Corpus):
       size = os.path.getsize
       root = os.path.abspath(self._root)
     return {
-      "kind": self.KIND,
+      "kind": self._kind(),
       "spec": self._spec,
       "root": root,
       "files": list(self._files),
@@ -228,7 +233,14 @@ class FileCorpus(records_lib.Corpus):
 
 
 class LinesCorpus(FileCorpus):
-  """JSON Lines and/or plain-text files (see `open_corpus`)."""
+  """JSON Lines and/or plain-text files (see `open_corpus`).
+
+  Blocks are `(file index, index in the file // block_size)`, and are dealt
+  as `share_mode` says. By 'files', a process reads whole files (so whole
+  blocks). By 'records', the blocks of the whole corpus, in order, are dealt
+  round-robin: its `b`-th block goes to process `b % process_count` (with
+  `block_size=1`, its `b`-th record).
+  """
 
   def __init__(
     self,
@@ -247,32 +259,6 @@ class LinesCorpus(FileCorpus):
   def describe(self) -> dict[str, Any]:
     """Provenance: root, files (relative, sorted) with sizes, and settings."""
     return {**super().describe(), "one_doc_per_file": self._one_doc_per_file}
-
-  def records(
-    self,
-    process_index: int = 0,
-    process_count: int = 1,
-    start: int = 0,
-    block_size: int = 1,
-  ) -> Iterator[Record]:
-    """See `Corpus.records`; the share is split as `share_mode` says.
-
-    Blocks are `(file index, index in the file // block_size)`. By 'files',
-    a process reads whole files (so whole blocks). By 'records', the blocks
-    of the whole corpus, in order, are dealt round-robin: its `b`-th block
-    goes to process `b % process_count` (with `block_size=1`, its `b`-th
-    record).
-    """
-    records_lib.check_share(process_index, process_count, start, block_size)
-    self._stats = collections.Counter()
-    checker = records_lib.RecordChecker(
-      self._options,
-      self._stats,
-      ids_are_unique=self._options.id_field is None,
-    )
-    return self._records(
-      checker, process_index, process_count, start, block_size
-    )
 
   def _records(
     self,

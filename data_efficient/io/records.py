@@ -1,8 +1,8 @@
 """Records, input errors, and the checks every corpus reader shares.
 
 A reader turns raw input into `(id, text)` pairs; `RecordChecker` applies the
-same validation to all of them, so JSONL, text and TFDS corpora report the
-same problem categories under the same `on_error` policy:
+same validation to all of them, so JSONL, text, Parquet, Arrow and TFDS
+corpora report the same problem categories under the same `on_error` policy:
 
 * 'raise': the first real problem raises `InputError` naming where it is and
   how to fix it.
@@ -82,7 +82,8 @@ class Record:
 
   Attributes:
     id: Stable identifier: the id field, the TFDS `url`, or
-      `<relative path>:<line>` (1-based).
+      `<relative path>:<line>` (1-based; for Parquet and Arrow, the 0-based
+      row).
     text: The document ('' where nothing could be read).
     problem: None for a clean record, else the problem categories found,
       comma-separated in detection order (e.g. 'empty', or
@@ -90,9 +91,11 @@ class Record:
     source: Where it came from: the file's relative path, the value of
       `source_field`, or the TFDS split.
     block: The block holding it (see `Corpus.records`): `(file index, index
-      in the file // block_size)` for files (the file index in sorted file
-      order), `index in the split // block_size` for TFDS; None for records
-      not read from a corpus.
+      in the file // block_size)` for JSONL and text (the file index in
+      sorted file order), `(file index, block in the file)` for Parquet and
+      Arrow (blocks follow row groups, see `table_corpus`), `index in the
+      split // block_size` for TFDS; None for records not read from a
+      corpus.
   """
 
   id: str
@@ -112,9 +115,14 @@ class InputError(ValueError):
 
 
 class Corpus(abc.ABC):
-  """A corpus that each of several processes reads a disjoint share of."""
+  """A corpus that each of several processes reads a disjoint share of.
 
-  def __init__(self) -> None:
+  Subclasses implement `_records` (and `describe`), and say whether their
+  default ids are unique by construction (`_positional_ids`).
+  """
+
+  def __init__(self, options: Options) -> None:
+    self._options = options
     self._stats: collections.Counter[str] = collections.Counter()
 
   @property
@@ -135,12 +143,11 @@ class Corpus(abc.ABC):
     self, process_index: int = 0, process_count: int = 1, block_size: int = 1
   ) -> int | None:
     """Records in this process's share (see `records`), when known without
-    reading them (TFDS split metadata); None otherwise. Progress bars use it
-    for their ETA."""
+    reading them (TFDS split metadata, Parquet footers, Arrow batch
+    headers); None otherwise. Progress bars use it for their ETA."""
     del process_index, process_count, block_size
     return None
 
-  @abc.abstractmethod
   def records(
     self,
     process_index: int = 0,
@@ -172,6 +179,29 @@ class Corpus(abc.ABC):
         resume at its own chunk boundaries passes one at a block boundary.
       block_size: Most records per block (1: every record is a block).
     """
+    check_share(process_index, process_count, start, block_size)
+    self._stats = collections.Counter()
+    checker = RecordChecker(
+      self._options, self._stats, ids_are_unique=self._positional_ids()
+    )
+    return self._records(
+      checker, process_index, process_count, start, block_size
+    )
+
+  def _positional_ids(self) -> bool:
+    """Whether ids are unique by construction (not checked for duplicates)."""
+    return False
+
+  @abc.abstractmethod
+  def _records(
+    self,
+    checker: RecordChecker,
+    process_index: int,
+    process_count: int,
+    start: int,
+    block_size: int,
+  ) -> Iterator[Record]:
+    """`records`, given the validated arguments and a fresh checker."""
 
 
 def check_share(

@@ -23,9 +23,11 @@ _MAX_WINDOW_SIZE = 1 << 31
 class ZstdReader(io.RawIOBase):
   """Decompressed bytes of a Zstandard stream of one or more frames.
 
-  Raises `EOFError` where the input ends inside a frame and
-  `zstandard.ZstdError` on corrupt data. Wrap in `io.BufferedReader` to read
-  lines.
+  Raises `EOFError` where the input ends inside a frame (a file cut exactly
+  between two frames cannot be told from a shorter file) and
+  `zstandard.ZstdError` on corrupt data (found by the frame checksum, which
+  the zstd command writes, or by the format). Frames before the damage are
+  returned first. Wrap in `io.BufferedReader` to read lines.
   """
 
   def __init__(self, compressed: BinaryIO):
