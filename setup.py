@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
   "pyarrow>=15",
   "tqdm>=4.60",
   "tokenizers>=0.22",  # WordPiece for the BERT sentence embedder
+  "zstandard>=0.22",  # .jsonl.zst corpora (Dolma, DCLM, RedPajama)
 ]
 
 _BEAM = ["apache-beam[tfrecord]==2.77.0"]
@@ -38,6 +39,8 @@ EXTRAS_REQUIRE = {
     "scikit-learn>=1.4",
     "ruff",
     "gensim==4.4.0",
+    # Writes the `save_to_disk` fixtures; the reader needs only pyarrow.
+    "datasets>=3",
     *_BEAM,
   ],
   # On a Cloud TPU VM: `pip install .[tpu]` swaps in the TPU runtime.

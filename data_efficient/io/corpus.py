@@ -1,4 +1,4 @@
-"""Opening a corpus (JSON Lines, plain text or TFDS) with stable record ids.
+"""Opening a corpus (JSON Lines, text, Parquet, Arrow, TFDS) with stable ids.
 
 Usage:
 
@@ -17,7 +17,7 @@ every record and every problem category.
 
 from __future__ import annotations
 
-from data_efficient.io import file_corpus, tfds_corpus
+from data_efficient.io import file_corpus, table_corpus, tfds_corpus
 from data_efficient.io.records import (
   NEVER_RAISED,
   Corpus,
@@ -52,15 +52,22 @@ def open_corpus(
   """Opens a corpus for reading; validates the spec (files are found now).
 
   Args:
-    spec: A file, a directory (searched recursively) or a glob of .jsonl,
-      .jsonl.gz, .json, .json.gz (all JSON Lines), .txt or .txt.gz files,
-      local or gs://; or 'tfds:NAME[:VERSION][:SPLIT]', e.g.
-      'tfds:c4/en:3.1.0' (split 'train' unless given).
-    text_field: JSON field (or TFDS feature) holding the text.
-    id_field: JSON field (or TFDS feature) holding a unique id. Default: for
-      files, '<relative path>:<line>' (1-based); for TFDS, 'url'.
-    source_field: JSON field naming each record's source (e.g. the subset of
-      a mixture); default: the file's relative path (the split for TFDS).
+    spec: A file, a directory (searched recursively) or a glob of files of
+      one kind, local or gs://: JSON Lines (.jsonl, .json, each also .gz or
+      .zst), plain text (.txt, .txt.gz, .txt.zst), Parquet (.parquet) or
+      Arrow IPC streams (.arrow); a directory written by Hugging Face
+      `datasets`' `save_to_disk` (one split); or
+      'tfds:NAME[:VERSION][:SPLIT]', e.g. 'tfds:c4/en:3.1.0' (split 'train'
+      unless given).
+    text_field: JSON field (Parquet or Arrow column, TFDS feature) holding
+      the text.
+    id_field: JSON field (column, TFDS feature) holding a unique id.
+      Default: '<relative path>:<line>' (1-based) for JSON Lines and text,
+      '<relative path>:<row>' (0-based) for Parquet and Arrow; 'url' for
+      TFDS.
+    source_field: JSON field (column) naming each record's source (e.g. the
+      subset of a mixture); default: the file's relative path (the split for
+      TFDS).
     on_error: 'raise' (InputError naming file and line, and how to fix) or
       'mark' (yield the record with `problem` set, text '' if unreadable).
     max_chars: Truncate longer texts to this many characters and mark them
@@ -104,6 +111,38 @@ def open_corpus(
     raise ValueError(
       f"split/data_dir apply to 'tfds:' specs only, not to {spec!r}."
     )
-  return file_corpus.FileCorpus(
-    spec, options, one_doc_per_file=one_doc_per_file, share=share
-  )
+  saved = table_corpus.saved_dataset_files(spec)
+  if saved is not None:
+    corpus_class = table_corpus.SavedDatasetCorpus
+    root, files = saved
+  else:
+    root, files = file_corpus.resolve_files(spec)
+    corpus_class = _file_corpus_class(spec, files)
+  if corpus_class is file_corpus.LinesCorpus:
+    return corpus_class(
+      spec, root, files, options, one_doc_per_file=one_doc_per_file, share=share
+    )
+  if one_doc_per_file:
+    raise ValueError(f"one_doc_per_file applies to text files, not {spec!r}.")
+  return corpus_class(spec, root, files, options, share=share)
+
+
+def _file_corpus_class(spec: str, files: list[str]) -> type:
+  """The reader of `files`; they must be of one kind."""
+  kinds = {
+    "Parquet": file_corpus.PARQUET_SUFFIXES,
+    "Arrow": file_corpus.ARROW_SUFFIXES,
+    "JSON Lines or text": file_corpus.JSONL_SUFFIXES
+    + file_corpus.TEXT_SUFFIXES,
+  }
+  found = {
+    k for f in files for k, suffixes in kinds.items() if f.endswith(suffixes)
+  }
+  if len(found) > 1:
+    raise InputError(
+      f"{spec}: holds {' and '.join(sorted(found))} files; read one kind at "
+      "a time (e.g. a glob such as 'DIR/**/*.parquet')."
+    )
+  if found == {"JSON Lines or text"}:
+    return file_corpus.LinesCorpus
+  return table_corpus.TableCorpus

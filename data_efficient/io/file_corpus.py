@@ -1,4 +1,9 @@
-"""JSON Lines and plain-text corpora: local paths, or gs:// via tf.io.gfile.
+"""Corpora of files: local paths, or gs:// via tf.io.gfile.
+
+`FileCorpus` holds what every file corpus shares (finding the files, dealing
+them to processes, provenance); `LinesCorpus` reads JSON Lines and plain
+text, plain, gzip or Zstandard compressed (streamed); `table_corpus` reads
+Parquet and Arrow files.
 
 Ids are stable across machines and runs: the id field where one is given,
 else `<path relative to the corpus root>:<line>` (1-based), or the relative
@@ -9,10 +14,10 @@ directory holding a single file (so a single file's ids use its basename).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import glob
 import gzip
+import io
 import json
 import os
 import posixpath
@@ -20,48 +25,54 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+import zstandard
+
 from data_efficient.io import records as records_lib
+from data_efficient.io import zstd
 from data_efficient.io.records import InputError, Record
 
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
-TEXT_SUFFIXES = (".txt", ".txt.gz")
+JSONL_SUFFIXES = (
+  ".jsonl",
+  ".jsonl.gz",
+  ".jsonl.zst",
+  ".json",
+  ".json.gz",
+  ".json.zst",
+)
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst")
+PARQUET_SUFFIXES = (".parquet",)
+ARROW_SUFFIXES = (".arrow",)  # Arrow IPC streams, as `datasets` writes them.
+SUFFIXES = JSONL_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES + ARROW_SUFFIXES
 SHARE_MODES = ("auto", "files", "records")
 
 _GLOB_CHARS = "*?["
 _MISSING = object()
-_JSON_TYPES = {
-  dict: "object",
-  list: "array",
-  str: "string",
-  int: "number",
-  float: "number",
-  bool: "boolean",
-  type(None): "null",
-}
 # Errors that mean "this file cannot be read any further" (I/O, truncated or
-# corrupt gzip).
-_READ_ERRORS = (OSError, EOFError, zlib.error)
+# corrupt gzip or Zstandard data).
+_READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)
 
 
-def _is_remote(path: str) -> bool:
+def is_remote(path: str) -> bool:
+  """Whether `path` is a URL (gs://, file://) read through tf.io.gfile."""
   return "://" in path
 
 
-def _gfile():
+def gfile():
+  """`tf.io.gfile`, imported on first use."""
   import tensorflow as tf  # Lazy: ~8 s to import, needed for gs:// only.
 
   return tf.io.gfile
 
 
 def _is_supported(path: str) -> bool:
-  return path.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES)
+  return path.endswith(SUFFIXES)
 
 
 def _list_tree(root: str) -> list[str]:
   """Every file under directory `root`, as paths relative to it."""
-  if _is_remote(root):
+  if is_remote(root):
     found = []
-    for dirpath, _, filenames in _gfile().walk(root):
+    for dirpath, _, filenames in gfile().walk(root):
       rel_dir = dirpath[len(root) :].strip("/")
       found += [posixpath.join(rel_dir, f) for f in filenames]
     return found
@@ -78,8 +89,8 @@ def resolve_files(spec: str) -> tuple[str, list[str]]:
   """Resolves a file, directory or glob into (root, sorted relative paths).
 
   Args:
-    spec: A .jsonl/.jsonl.gz/.json/.json.gz/.txt/.txt.gz file, a directory
-      (searched recursively for such files), or a glob of them.
+    spec: A file of one of `SUFFIXES`, a directory (searched recursively for
+      such files), or a glob of them.
 
   Returns:
     The corpus root and the supported files under it, relative to it, sorted.
@@ -87,20 +98,20 @@ def resolve_files(spec: str) -> tuple[str, list[str]]:
   Raises:
     InputError: if nothing supported is found.
   """
-  remote = _is_remote(spec)
-  exists = _gfile().exists if remote else os.path.exists
-  isdir = _gfile().isdir if remote else os.path.isdir
-  formats = ", ".join(JSONL_SUFFIXES + TEXT_SUFFIXES)
+  remote = is_remote(spec)
+  exists = gfile().exists if remote else os.path.exists
+  isdir = gfile().isdir if remote else os.path.isdir
+  formats = ", ".join(SUFFIXES)
   if any(c in spec for c in _GLOB_CHARS):
     prefix = spec[: min(spec.find(c) for c in _GLOB_CHARS if c in spec)]
     root = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-    matches = _gfile().glob(spec) if remote else glob.glob(spec, recursive=True)
+    matches = gfile().glob(spec) if remote else glob.glob(spec, recursive=True)
     rels = [m[len(root) + 1 :] if root else m for m in matches]
     # (Object stores have no directories: skip one request per file there.)
     rels = [
       r
       for r in rels
-      if _is_supported(r) and (remote or not isdir(_join(root, r)))
+      if _is_supported(r) and (remote or not isdir(join(root, r)))
     ]
     root = root or "."
   elif isdir(spec):
@@ -109,8 +120,8 @@ def resolve_files(spec: str) -> tuple[str, list[str]]:
   elif exists(spec):
     if not _is_supported(spec):
       raise InputError(
-        f"{spec}: unsupported file type; use one of {formats} (JSON Lines "
-        "or one document per line)."
+        f"{spec}: unsupported file type; use one of {formats} (JSON Lines, "
+        "one document per line, Parquet or Arrow)."
       )
     root, name = posixpath.split(spec) if remote else os.path.split(spec)
     return root or ".", [name]
@@ -126,45 +137,56 @@ def resolve_files(spec: str) -> tuple[str, list[str]]:
   return root, sorted(rels)
 
 
-def _join(root: str, rel: str) -> str:
+def join(root: str, rel: str) -> str:
+  """The path of file `rel` of a corpus rooted at `root`."""
   return posixpath.join(root, rel) if root else rel
 
 
 @contextlib.contextmanager
-def _open_binary(path: str) -> Iterator[BinaryIO]:
+def open_binary(path: str) -> Iterator[BinaryIO]:
+  """Opens a local or remote file, decompressing .gz and .zst (streamed)."""
   with contextlib.ExitStack() as stack:
-    if _is_remote(path):
-      f = stack.enter_context(_gfile().GFile(path, "rb"))
+    if is_remote(path):
+      f = stack.enter_context(gfile().GFile(path, "rb"))
     else:
       f = stack.enter_context(open(path, "rb", buffering=1 << 20))
     if path.endswith(".gz"):
       f = stack.enter_context(gzip.GzipFile(fileobj=f, mode="rb"))
+    elif path.endswith(".zst"):
+      f = stack.enter_context(io.BufferedReader(zstd.ZstdReader(f), 1 << 20))
     yield f
 
 
-def _json_type(value: Any) -> str:
-  return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
 class FileCorpus(records_lib.Corpus):
-  """A corpus of JSON Lines and/or plain-text files (see `open_corpus`)."""
+  """Files dealt to processes whole or by blocks (see `open_corpus`).
+
+  Subclasses read the records (and name their kind in `describe`).
+  """
 
   def __init__(
     self,
     spec: str,
+    root: str,
+    files: list[str],
     options: records_lib.Options,
     *,
-    one_doc_per_file: bool = False,
     share: str = "auto",
   ):
-    super().__init__()
+    """Creates the corpus.
+
+    Args:
+      spec: What the user gave, for provenance.
+      root: The corpus root (ids are relative to it).
+      files: The files, relative to `root`, in reading order.
+      options: Reader settings.
+      share: See `open_corpus`.
+    """
+    super().__init__(options)
     if share not in SHARE_MODES:
       raise ValueError(f"share={share!r}: use one of {SHARE_MODES}.")
     self._spec = spec
-    self._options = options
-    self._one_doc_per_file = one_doc_per_file
     self._share = share
-    self._root, self._files = resolve_files(spec)
+    self._root, self._files = root, files
 
   @property
   def files(self) -> list[str]:
@@ -185,50 +207,58 @@ class FileCorpus(records_lib.Corpus):
       return self._share
     return "files" if len(self._files) >= process_count else "records"
 
+  def _positional_ids(self) -> bool:
+    return self._options.id_field is None
+
+  def _kind(self) -> str:
+    return "files"
+
   def describe(self) -> dict[str, Any]:
     """Provenance: root, files (relative, sorted) with sizes, and settings."""
-    if _is_remote(self._root):
-      size = lambda p: _gfile().stat(p).length  # noqa: E731
+    if is_remote(self._root):
+      size = lambda p: gfile().stat(p).length  # noqa: E731
       root = self._root
     else:
       size = os.path.getsize
       root = os.path.abspath(self._root)
     return {
-      "kind": "files",
+      "kind": self._kind(),
       "spec": self._spec,
       "root": root,
       "files": list(self._files),
-      "file_sizes": [size(_join(self._root, f)) for f in self._files],
-      "one_doc_per_file": self._one_doc_per_file,
+      "file_sizes": [size(join(self._root, f)) for f in self._files],
       "share": self._share,
       **self._options.to_dict(),
     }
 
-  def records(
-    self,
-    process_index: int = 0,
-    process_count: int = 1,
-    start: int = 0,
-    block_size: int = 1,
-  ) -> Iterator[Record]:
-    """See `Corpus.records`; the share is split as `share_mode` says.
 
-    Blocks are `(file index, index in the file // block_size)`. By 'files',
-    a process reads whole files (so whole blocks). By 'records', the blocks
-    of the whole corpus, in order, are dealt round-robin: its `b`-th block
-    goes to process `b % process_count` (with `block_size=1`, its `b`-th
-    record).
-    """
-    records_lib.check_share(process_index, process_count, start, block_size)
-    self._stats = collections.Counter()
-    checker = records_lib.RecordChecker(
-      self._options,
-      self._stats,
-      ids_are_unique=self._options.id_field is None,
-    )
-    return self._records(
-      checker, process_index, process_count, start, block_size
-    )
+class LinesCorpus(FileCorpus):
+  """JSON Lines and/or plain-text files (see `open_corpus`).
+
+  Blocks are `(file index, index in the file // block_size)`, and are dealt
+  as `share_mode` says. By 'files', a process reads whole files (so whole
+  blocks). By 'records', the blocks of the whole corpus, in order, are dealt
+  round-robin: its `b`-th block goes to process `b % process_count` (with
+  `block_size=1`, its `b`-th record).
+  """
+
+  def __init__(
+    self,
+    spec: str,
+    root: str,
+    files: list[str],
+    options: records_lib.Options,
+    *,
+    one_doc_per_file: bool = False,
+    share: str = "auto",
+  ):
+    """Creates the corpus; see `FileCorpus` and `open_corpus`."""
+    super().__init__(spec, root, files, options, share=share)
+    self._one_doc_per_file = one_doc_per_file
+
+  def describe(self) -> dict[str, Any]:
+    """Provenance: root, files (relative, sorted) with sizes, and settings."""
+    return {**super().describe(), "one_doc_per_file": self._one_doc_per_file}
 
   def _records(
     self,
@@ -271,7 +301,7 @@ class FileCorpus(records_lib.Corpus):
     whole_file = self._one_doc_per_file and rel.endswith(TEXT_SUFFIXES)
     line = 0
     try:
-      with _open_binary(_join(self._root, rel)) as f:
+      with open_binary(join(self._root, rel)) as f:
         if whole_file:
           yield None, f.read()
           return
@@ -291,7 +321,7 @@ class FileCorpus(records_lib.Corpus):
     count: bool = True,
   ) -> Record:
     """Decodes and checks one raw record of file `rel`."""
-    path = _join(self._root, rel)
+    path = join(self._root, rel)
     where = path if line is None else f"{path}:{line}"
     positional_id = rel if line is None else f"{rel}:{line}"
     problems: list[str] = []
@@ -339,7 +369,6 @@ class FileCorpus(records_lib.Corpus):
     count: bool,
   ) -> Record:
     """Parses one JSON Lines line into a checked record."""
-    opts = self._options
     if not line_text.strip():  # A blank line: an empty document.
       return checker.finish(
         positional_id, "", rel, problems, where, count=count, block=block
@@ -353,7 +382,7 @@ class FileCorpus(records_lib.Corpus):
       obj = _MISSING
       detail = "malformed JSON: nested too deeply"
     else:
-      detail = f"a JSON {_json_type(obj)} where an object was expected"
+      detail = f"{records_lib.type_name(obj)} where a JSON object was expected"
     if not isinstance(obj, dict):
       checker.problem(
         problems,
@@ -373,63 +402,12 @@ class FileCorpus(records_lib.Corpus):
         block=block,
       )
 
-    record_id = positional_id
-    if opts.id_field is not None:
-      value = obj.get(opts.id_field, _MISSING)
-      if value is _MISSING or value == "":
-        checker.problem(
-          problems,
-          records_lib.MISSING_FIELD,
-          where,
-          f"no id field {opts.id_field!r} (fields: {sorted(obj)[:20]})",
-          "Set id_field to the field that holds the id",
-        )
-      elif isinstance(value, bool) or not isinstance(value, str | int):
-        checker.problem(
-          problems,
-          records_lib.NOT_A_STRING,
-          where,
-          f"id field {opts.id_field!r} is a JSON {_json_type(value)}, not a "
-          "string or integer",
-          "Make the id a string",
-        )
-      else:
-        record_id = str(value)
-
-    source = rel
-    if opts.source_field is not None:
-      value = obj.get(opts.source_field)
-      if isinstance(value, str) and value:
-        source = value
-
-    text = obj.get(opts.text_field, _MISSING)
-    readable = True
-    if text is _MISSING:
-      checker.problem(
-        problems,
-        records_lib.MISSING_FIELD,
-        where,
-        f"no text field {opts.text_field!r} (fields: {sorted(obj)[:20]})",
-        "Set text_field to the field that holds the text",
-      )
-      text, readable = "", False
-    elif not isinstance(text, str):
-      checker.problem(
-        problems,
-        records_lib.NOT_A_STRING,
-        where,
-        f"text field {opts.text_field!r} is a JSON {_json_type(text)}, not "
-        "a string",
-        "Make the text a string",
-      )
-      text, readable = "", False
-    return checker.finish(
-      record_id,
-      text,
-      source,
-      problems,
+    return checker.finish_fields(
+      obj,
+      positional_id,
+      rel,
       where,
-      readable=readable,
+      problems=problems,
       count=count,
       block=block,
     )

@@ -1,8 +1,8 @@
 """Records, input errors, and the checks every corpus reader shares.
 
 A reader turns raw input into `(id, text)` pairs; `RecordChecker` applies the
-same validation to all of them, so JSONL, text and TFDS corpora report the
-same problem categories under the same `on_error` policy:
+same validation to all of them, so JSONL, text, Parquet, Arrow and TFDS
+corpora report the same problem categories under the same `on_error` policy:
 
 * 'raise': the first real problem raises `InputError` naming where it is and
   how to fix it.
@@ -20,7 +20,7 @@ import abc
 import collections
 import dataclasses
 import re
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 from data_efficient.io import id_set
@@ -56,6 +56,24 @@ DEFAULT_EXCLUDED_PROBLEMS = (
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 _FIX_HINT = "or pass on_error='mark' to keep it as a marked record"
+_MISSING = object()
+# How messages name the type of a field's value (JSON's names, which also fit
+# the Python values of Arrow columns).
+_TYPE_NAMES = {
+  dict: "an object",
+  list: "an array",
+  str: "a string",
+  bytes: "bytes",
+  int: "a number",
+  float: "a number",
+  bool: "a boolean",
+  type(None): "null",
+}
+
+
+def type_name(value: Any) -> str:
+  """The type of a field's value as messages name it ('an array', 'null')."""
+  return _TYPE_NAMES.get(type(value), f"a {type(value).__name__}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +82,8 @@ class Record:
 
   Attributes:
     id: Stable identifier: the id field, the TFDS `url`, or
-      `<relative path>:<line>` (1-based).
+      `<relative path>:<line>` (1-based; for Parquet and Arrow, the 0-based
+      row).
     text: The document ('' where nothing could be read).
     problem: None for a clean record, else the problem categories found,
       comma-separated in detection order (e.g. 'empty', or
@@ -72,9 +91,11 @@ class Record:
     source: Where it came from: the file's relative path, the value of
       `source_field`, or the TFDS split.
     block: The block holding it (see `Corpus.records`): `(file index, index
-      in the file // block_size)` for files (the file index in sorted file
-      order), `index in the split // block_size` for TFDS; None for records
-      not read from a corpus.
+      in the file // block_size)` for JSONL and text (the file index in
+      sorted file order), `(file index, block in the file)` for Parquet and
+      Arrow (blocks follow row groups, see `table_corpus`), `index in the
+      split // block_size` for TFDS; None for records not read from a
+      corpus.
   """
 
   id: str
@@ -94,9 +115,14 @@ class InputError(ValueError):
 
 
 class Corpus(abc.ABC):
-  """A corpus that each of several processes reads a disjoint share of."""
+  """A corpus that each of several processes reads a disjoint share of.
 
-  def __init__(self) -> None:
+  Subclasses implement `_records` (and `describe`), and say whether their
+  default ids are unique by construction (`_positional_ids`).
+  """
+
+  def __init__(self, options: Options) -> None:
+    self._options = options
     self._stats: collections.Counter[str] = collections.Counter()
 
   @property
@@ -117,12 +143,11 @@ class Corpus(abc.ABC):
     self, process_index: int = 0, process_count: int = 1, block_size: int = 1
   ) -> int | None:
     """Records in this process's share (see `records`), when known without
-    reading them (TFDS split metadata); None otherwise. Progress bars use it
-    for their ETA."""
+    reading them (TFDS split metadata, Parquet footers, Arrow batch
+    headers); None otherwise. Progress bars use it for their ETA."""
     del process_index, process_count, block_size
     return None
 
-  @abc.abstractmethod
   def records(
     self,
     process_index: int = 0,
@@ -154,6 +179,29 @@ class Corpus(abc.ABC):
         resume at its own chunk boundaries passes one at a block boundary.
       block_size: Most records per block (1: every record is a block).
     """
+    check_share(process_index, process_count, start, block_size)
+    self._stats = collections.Counter()
+    checker = RecordChecker(
+      self._options, self._stats, ids_are_unique=self._positional_ids()
+    )
+    return self._records(
+      checker, process_index, process_count, start, block_size
+    )
+
+  def _positional_ids(self) -> bool:
+    """Whether ids are unique by construction (not checked for duplicates)."""
+    return False
+
+  @abc.abstractmethod
+  def _records(
+    self,
+    checker: RecordChecker,
+    process_index: int,
+    process_count: int,
+    start: int,
+    block_size: int,
+  ) -> Iterator[Record]:
+    """`records`, given the validated arguments and a fresh checker."""
 
 
 def check_share(
@@ -275,6 +323,107 @@ class RecordChecker:
         "Re-encode the input as UTF-8",
       )
       return raw.decode("utf-8", "replace")
+
+  def finish_fields(
+    self,
+    fields: Mapping[str, Any],
+    positional_id: str,
+    default_source: str,
+    where: str,
+    *,
+    field_names: Sequence[str] | None = None,
+    problems: list[str] | None = None,
+    count: bool = True,
+    block: Hashable | None = None,
+  ) -> Record:
+    """Checks a record given as named fields (a JSON object, a table row).
+
+    The id, text and source come from the fields `Options` names. Text or
+    ids held as bytes are decoded as UTF-8.
+
+    Args:
+      fields: The record's fields.
+      positional_id: Its id when `id_field` is unset or unusable.
+      default_source: Its source when `source_field` is unset or empty.
+      where: Its location, for error messages.
+      field_names: The fields that exist, for messages (default: `fields`).
+      problems: Problems found so far (modified).
+      count: See `finish`.
+      block: See `finish`.
+
+    Returns:
+      The record, with `problem` set where any were found.
+
+    Raises:
+      InputError: under 'raise', for a missing or unusable field, or as
+        `finish` does.
+    """
+    opts = self.options
+    problems = [] if problems is None else problems
+    names = sorted(fields if field_names is None else field_names)[:20]
+    record_id = positional_id
+    if opts.id_field is not None:
+      value = fields.get(opts.id_field, _MISSING)
+      if isinstance(value, bytes):
+        value = self.decode(value, problems, where)
+      if value is _MISSING or value == "":
+        self.problem(
+          problems,
+          MISSING_FIELD,
+          where,
+          f"no id field {opts.id_field!r} (fields: {names})",
+          "Set id_field to the field that holds the id",
+        )
+      elif isinstance(value, bool) or not isinstance(value, str | int):
+        self.problem(
+          problems,
+          NOT_A_STRING,
+          where,
+          f"id field {opts.id_field!r} is {type_name(value)}, not a string "
+          "or integer",
+          "Make the id a string",
+        )
+      else:
+        record_id = str(value)
+
+    source = default_source
+    if opts.source_field is not None:
+      value = fields.get(opts.source_field)
+      if isinstance(value, str) and value:
+        source = value
+
+    text = fields.get(opts.text_field, _MISSING)
+    if isinstance(text, bytes):
+      text = self.decode(text, problems, where)
+    readable = True
+    if text is _MISSING:
+      self.problem(
+        problems,
+        MISSING_FIELD,
+        where,
+        f"no text field {opts.text_field!r} (fields: {names})",
+        "Set text_field to the field that holds the text",
+      )
+      text, readable = "", False
+    elif not isinstance(text, str):
+      self.problem(
+        problems,
+        NOT_A_STRING,
+        where,
+        f"text field {opts.text_field!r} is {type_name(text)}, not a string",
+        "Make the text a string",
+      )
+      text, readable = "", False
+    return self.finish(
+      record_id,
+      text,
+      source,
+      problems,
+      where,
+      readable=readable,
+      count=count,
+      block=block,
+    )
 
   def finish(
     self,

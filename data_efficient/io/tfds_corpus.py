@@ -6,7 +6,6 @@ costs ~8 s, which stages that never read TFDS should not pay.
 
 from __future__ import annotations
 
-import collections
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -89,8 +88,9 @@ def _slice_split(
 class TfdsCorpus(records_lib.Corpus):
   """A TFDS split read deterministically (see `open_corpus`).
 
-  Each process reads one contiguous run of whole blocks of the split (see
-  `share_range`), as an explicit absolute slice, so it reads only its own
+  Blocks are `index in the split // block_size`. Each process reads one
+  contiguous run of whole blocks of the split (see `share_range`), as an
+  explicit absolute slice, so it reads only its own
   files. Files are read in order, one at a time (`interleave_cycle_length=1`),
   so the order does not depend on TFDS's default read settings.
   """
@@ -103,7 +103,7 @@ class TfdsCorpus(records_lib.Corpus):
     split: str | None = None,
     data_dir: str | None = None,
   ):
-    super().__init__()
+    super().__init__(options)
     name, version, spec_split = parse_tfds_spec(spec)
     if split is not None and spec_split is not None and split != spec_split:
       raise InputError(
@@ -115,7 +115,6 @@ class TfdsCorpus(records_lib.Corpus):
     self._version = version
     self._split = split or spec_split or _DEFAULT_SPLIT
     self._data_dir = data_dir
-    self._options = options
     self._id_field = options.id_field or "url"
     self._builder_cache = None
 
@@ -152,23 +151,6 @@ class TfdsCorpus(records_lib.Corpus):
       **self._options.to_dict(),
       "id_field": self._id_field,
     }
-
-  def records(
-    self,
-    process_index: int = 0,
-    process_count: int = 1,
-    start: int = 0,
-    block_size: int = 1,
-  ) -> Iterator[Record]:
-    """See `Corpus.records`; blocks are `index in the split // block_size`."""
-    records_lib.check_share(process_index, process_count, start, block_size)
-    self._stats = collections.Counter()
-    checker = records_lib.RecordChecker(
-      self._options, self._stats, ids_are_unique=False
-    )
-    return self._records(
-      checker, process_index, process_count, start, block_size
-    )
 
   def share_size(
     self, process_index: int = 0, process_count: int = 1, block_size: int = 1

@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import zstandard
 
 from data_efficient.io import corpus as corpus_lib
 from data_efficient.io.corpus import InputError, Record, open_corpus
@@ -14,6 +15,8 @@ from data_efficient.io.corpus import InputError, Record, open_corpus
 
 def _write(path, data: bytes) -> str:
   os.makedirs(os.path.dirname(path), exist_ok=True)
+  if str(path).endswith(".zst"):
+    data = zstandard.ZstdCompressor().compress(data)
   opener = gzip.open if str(path).endswith(".gz") else open
   with opener(path, "wb") as f:
     f.write(data)
@@ -33,11 +36,13 @@ def tree(tmp_path):
     tmp_path / "sub" / "c.jsonl.gz",
     _jsonl(*({"text": f"c{i}"} for i in range(1, 6))),
   )
+  _write(tmp_path / "sub" / "d.jsonl.zst", _jsonl({"text": "d1"}))
   _write(tmp_path / "notes.csv", b"ignored,not,a,corpus,file\n")
   expected = (
     [("a.txt:1", "a1"), ("a.txt:2", "a2"), ("a.txt:3", "a3")]
     + [("b.jsonl:1", "b1"), ("b.jsonl:2", "b2")]
     + [(f"sub/c.jsonl.gz:{i}", f"c{i}") for i in range(1, 6)]
+    + [("sub/d.jsonl.zst:1", "d1")]
   )
   return str(tmp_path), expected
 
@@ -49,8 +54,8 @@ def test_directory_ids_are_relative_paths_and_lines(tree):
   assert [(r.id, r.text) for r in records] == expected
   assert all(r.problem is None for r in records)
   assert records[0].source == "a.txt"
-  assert records[-1].source == "sub/c.jsonl.gz"
-  assert corpus.stats == collections.Counter(records=10)
+  assert records[-1].source == "sub/d.jsonl.zst"
+  assert corpus.stats == collections.Counter(records=11)
 
 
 def test_describe_is_json_and_lists_sorted_files(tree):
@@ -58,7 +63,12 @@ def test_describe_is_json_and_lists_sorted_files(tree):
   description = open_corpus(root, on_error="mark").describe()
   assert json.loads(json.dumps(description)) == description
   assert description["kind"] == "files"
-  assert description["files"] == ["a.txt", "b.jsonl", "sub/c.jsonl.gz"]
+  assert description["files"] == [
+    "a.txt",
+    "b.jsonl",
+    "sub/c.jsonl.gz",
+    "sub/d.jsonl.zst",
+  ]
   assert description["file_sizes"][0] == 9  # b"a1\r\na2\na3"
   assert description["on_error"] == "mark"
   assert description["text_field"] == "text"
@@ -69,7 +79,7 @@ def test_glob_ids_are_relative_to_the_glob_directory(tree):
   records = list(open_corpus(os.path.join(root, "*.jsonl")).records())
   assert [r.id for r in records] == ["b.jsonl:1", "b.jsonl:2"]
   records = list(open_corpus(os.path.join(root, "**", "*.gz")).records())
-  assert [(r.id, r.text) for r in records] == expected[5:]
+  assert [(r.id, r.text) for r in records] == expected[5:10]
 
 
 def test_single_file_ids_use_its_basename(tree):
@@ -98,10 +108,12 @@ def test_id_field_text_field_and_source_field(tmp_path):
 def test_one_document_per_file(tmp_path):
   _write(tmp_path / "x" / "1.txt", b"first\ndoc\n")
   _write(tmp_path / "x" / "2.txt.gz", b"second")
+  _write(tmp_path / "x" / "3.txt.zst", b"third\n")
   corpus = open_corpus(str(tmp_path), one_doc_per_file=True)
   assert [(r.id, r.text) for r in corpus.records()] == [
     ("x/1.txt", "first\ndoc\n"),
     ("x/2.txt.gz", "second"),
+    ("x/3.txt.zst", "third\n"),
   ]
 
 
@@ -156,7 +168,7 @@ _BLOCK_FILE_LENGTHS = (7, 3, 5, 1, 8)
 @pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
 def test_shares_are_whole_blocks(tmp_path, check_block_shares, suffix, share):
   for index, length in enumerate(_BLOCK_FILE_LENGTHS):
-    name = f"f{index}{suffix}" + (".gz" if index == 2 else "")
+    name = f"f{index}{suffix}" + {2: ".gz", 4: ".zst"}.get(index, "")
     texts = [f"{index}-{line}" for line in range(length)]
     if suffix == ".jsonl":  # Ids from a field: skipping still checks them.
       data = _jsonl(*({"id": t, "text": t} for t in texts))
@@ -271,38 +283,52 @@ _HOSTILE = {
     "not_a_string",
     "",
   ),
-  "truncated_gzip": (
-    "d.jsonl.gz",
-    None,  # Built in the test.
-    3,
-    "read_error",
-    "",
-  ),
+  # Compressed files damaged after their first lines (built in the test).
+  "truncated_gzip": ("d.jsonl.gz", None, None, "read_error", ""),
+  "truncated_zstd": ("d.jsonl.zst", None, None, "read_error", ""),
+  "corrupt_zstd": ("d.json.zst", None, None, "read_error", ""),
 }
+
+
+def _damaged(filename) -> bytes:
+  """40 compressed lines, cut (or overwritten, for .json.zst) mid-file."""
+  data = _jsonl(*({"text": f"{i} {os.urandom(2000).hex()}"} for i in range(40)))
+  if filename.endswith(".gz"):
+    full = gzip.compress(data)
+  else:  # Several frames, as streaming writers make: one per 2 lines.
+    compressor = zstandard.ZstdCompressor()
+    lines = data.splitlines(keepends=True)
+    full = b"".join(
+      compressor.compress(b"".join(lines[i : i + 2]))
+      for i in range(0, len(lines), 2)
+    )
+  half = len(full) // 2
+  if filename.endswith(".json.zst"):
+    return full[:half] + b"\xff" * 64 + full[half + 64 :]
+  return full[:half]
 
 
 def _hostile_file(tmp_path, name):
   filename, data, line, problem, text = _HOSTILE[name]
-  if data is None:  # A gzip file cut off after its second line.
-    full = gzip.compress(
-      _jsonl(*({"text": "x" * 5000 + str(i)} for i in range(40)))
-    )
-    path = tmp_path / filename
-    path.write_bytes(full[: len(full) // 2])
-    return str(path), line, problem, text
-  return _write(tmp_path / filename, data), line, problem, text
+  if data is None:
+    path = str(tmp_path / filename)
+    (tmp_path / filename).write_bytes(_damaged(filename))
+  else:
+    path = _write(tmp_path / filename, data)
+  return path, line, problem, text
 
 
 @pytest.mark.parametrize("name", sorted(_HOSTILE))
 def test_hostile_input_raises_naming_file_and_line(tmp_path, name):
   path, line, problem, _ = _hostile_file(tmp_path, name)
   if problem == "read_error":
-    # Lines before the corruption come out; the error names the next line.
+    # Lines before the damage come out; the error names the next line.
+    line = len(list(open_corpus(path, on_error="mark").records()))
     with pytest.raises(InputError) as error:
       list(open_corpus(path).records())
     message = str(error.value)
-    assert message.startswith(f"{path}:")
-    assert "read_error" in message
+    assert message.startswith(f"{path}:{line}: cannot read the file")
+    assert "(read_error)" in message
     return
   with pytest.raises(InputError, match="on_error='mark'") as error:
     list(open_corpus(path).records())
@@ -316,9 +342,11 @@ def test_hostile_input_is_marked_and_counted(tmp_path, name):
   corpus = open_corpus(path, on_error="mark")
   records = list(corpus.records())
   if problem == "read_error":
+    # The lines before the damage, then one record for the rest.
     marked = records[-1]
     assert marked.problem == "read_error" and marked.text == ""
-    assert marked.id.startswith(os.path.basename(path) + ":")
+    assert marked.id == f"{os.path.basename(path)}:{len(records)}"
+    assert 2 <= len(records) < 40
     assert all(r.problem is None for r in records[:-1])
   else:
     marked = records[line - 1]
