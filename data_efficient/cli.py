@@ -436,14 +436,14 @@ def _load_model(args):
   onto the mesh (each process reading only its devices' shards), other
   formats into host memory.
   """
-  from data_efficient.models import checkpoints, orbax_io, presets, t5
+  from data_efficient.models import checkpoints, presets, t5
 
   if args.model is None and args.checkpoint is None:
     raise SystemExit("error: give --model, --checkpoint, or both.")
   if args.model is not None:
     config = presets.get_preset(args.model)
   else:
-    config = orbax_io.config_from_checkpoint(args.checkpoint)
+    config = checkpoints.config_from_checkpoint(args.checkpoint)
   config = config.replace(dtype=args.dtype)
   if args.checkpoint is None:
     if not args.model.startswith("tiny"):
@@ -454,12 +454,9 @@ def _load_model(args):
     _warn_random(args.model)
     return config, lambda mesh: t5.init_params(config, seed=0)
   dtype = _numpy_dtype(args.dtype)
-  if checkpoints.detect_format(args.checkpoint).startswith("orbax"):
-    return config, lambda mesh: orbax_io.restore_sharded(
-      args.checkpoint, config, mesh, dtype=dtype
-    )
+  checkpoints.detect_format(args.checkpoint)  # a bad path fails here, early
   return config, lambda mesh: checkpoints.load_params(
-    args.checkpoint, config, dtype=dtype
+    args.checkpoint, config, dtype=dtype, mesh=mesh
   )
 
 
@@ -615,10 +612,11 @@ def _embed(args) -> int:
 
   if args.model == MINILM:
     from data_efficient.models import bert
+    from data_efficient.models.checkpoints import hf
 
     if args.vocab:
       raise SystemExit(f"error: --model {MINILM} brings its own vocabulary.")
-    config, params, tok = bert.load_minilm(args.checkpoint, dtype=args.dtype)
+    config, params, tok = hf.load_minilm(args.checkpoint, dtype=args.dtype)
 
     def load_params(mesh):
       del mesh  # MiniLM is small: read with its config and vocabulary.
@@ -682,9 +680,9 @@ def _demo(args) -> int:
 
 
 def _convert(args) -> int:
-  from data_efficient.models import orbax_io
+  from data_efficient.models import checkpoints
 
-  config = orbax_io.convert(
+  config = checkpoints.convert(
     args.checkpoint, args.output, model=args.model, dtype=args.dtype
   )
   print(f"wrote {args.output} ({config})")
