@@ -5,11 +5,12 @@
 Builds a Flan-T5-XL-shaped model with every width divided by `--div`
 (vocab, emb, heads, mlp; head_dim stays 64) and `--layers` encoder and
 decoder layers, writes it as HF `model.safetensors`, converts it with
-`orbax_io.convert`, then measures in a fresh process each:
+`checkpoints.convert`, then measures in a fresh process each:
 
   (a) full copy  `checkpoints.load_params` (host NumPy tree) + `device_put`
                  with the shardings of `sharding.param_shardings`
-  (b) sharded    `orbax_io.restore_sharded` of the converted checkpoint
+  (b) sharded    `checkpoints.orbax.restore_sharded` of the converted
+                 checkpoint (what `load_params(..., mesh=mesh)` does)
 
 onto a (data=4, model=2) mesh of 8 emulated CPU devices.
 
@@ -71,10 +72,11 @@ def _write_safetensors(config, folder: str) -> int:
   from flax import traverse_util
   from safetensors.numpy import save_file
 
-  from data_efficient.models import checkpoints, t5
+  from data_efficient.models import t5
+  from data_efficient.models.checkpoints import hf
 
   rng = np.random.default_rng(0)
-  rules = checkpoints._hf_torch_rules(config)
+  rules = hf.torch_rules(config)
   shapes = traverse_util.flatten_dict(
     jax.tree.map(lambda x: x.shape, t5.abstract_params(config)), sep="/"
   )
@@ -86,7 +88,7 @@ def _write_safetensors(config, folder: str) -> int:
     state[rule.names[0]] = rng.standard_normal(shape, np.float32)
   os.makedirs(folder)
   save_file(state, os.path.join(folder, "model.safetensors"))
-  hf = {
+  hf_config = {
     "model_type": "t5",
     "vocab_size": config.vocab_size,
     "d_model": config.emb_dim,
@@ -99,7 +101,7 @@ def _write_safetensors(config, folder: str) -> int:
     "tie_word_embeddings": False,
   }
   with open(os.path.join(folder, "config.json"), "w") as f:
-    json.dump(hf, f)
+    json.dump(hf_config, f)
   return sum(v.size for v in state.values())
 
 
@@ -111,13 +113,11 @@ def _measure(method: str, path: str) -> dict:
   from flax import traverse_util
 
   from data_efficient import sharding
-  from data_efficient.models import checkpoints, orbax_io, t5
+  from data_efficient.models import checkpoints, t5
+  from data_efficient.models.checkpoints import orbax
 
   mesh = sharding.make_mesh(model_parallelism=2)
-  if method == "full_copy":
-    config = checkpoints.config_from_hf(path)
-  else:
-    config = orbax_io.config_from_checkpoint(path)
+  config = checkpoints.config_from_checkpoint(path)
   shardings = sharding.param_shardings(t5.abstract_params(config), mesh)
   jax.block_until_ready(jax.device_put(0.0))  # runtime up before baseline
   gc.collect()
@@ -131,7 +131,7 @@ def _measure(method: str, path: str) -> dict:
     jax.block_until_ready(params)
     del host
   else:
-    params = orbax_io.restore_sharded(path, config, mesh)
+    params = orbax.restore_sharded(path, config, mesh)
     jax.block_until_ready(params)
   seconds = time.perf_counter() - start
   gc.collect()
@@ -179,13 +179,13 @@ def main() -> None:
     print(json.dumps(_measure(*args._measure)))
     return
 
-  from data_efficient.models import orbax_io
+  from data_efficient.models import checkpoints
 
   config = _config(args.div, args.layers)
   with tempfile.TemporaryDirectory(dir=args.keep) as work:
     hf, converted = os.path.join(work, "hf"), os.path.join(work, "orbax")
     count = _write_safetensors(config, hf)
-    orbax_io.convert(hf, converted)
+    checkpoints.convert(hf, converted)
     results = [
       _child("full_copy", hf),
       _child("restore_sharded", converted),

@@ -13,9 +13,9 @@ DESCRIPTION = (
 
 
 def run(config: CONFIG) -> int:
-  from data_efficient.models import orbax_io
+  from data_efficient.models import checkpoints
 
-  model_config = orbax_io.convert(
+  model_config = checkpoints.convert(
     config.checkpoint, config.output, model=config.model, dtype=config.dtype
   )
   print(f"wrote {config.output} ({model_config})")

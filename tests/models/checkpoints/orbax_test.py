@@ -1,9 +1,9 @@
-"""Tests for models/orbax_io.py and the Orbax formats of checkpoints.py.
+"""Tests for models/checkpoints/orbax.py: T5X Orbax and our converted format.
 
-T5X Orbax checkpoints are written here by Orbax itself, in T5X's layout: a
-CheckpointManager with step prefix 'checkpoint' and one item 'state' holding
-the train state {'target': params, 'state': {'step', 'param_states'}}, OCDBT
-(Orbax's default, and T5X's).
+T5X Orbax checkpoints are written by Orbax itself, in T5X's layout
+(`checkpoint_fixtures.write_t5x_orbax`): a CheckpointManager with step prefix
+'checkpoint' and one item 'state' holding the train state {'target': params,
+'state': {'step', 'param_states'}}, OCDBT (Orbax's default, and T5X's).
 """
 
 from __future__ import annotations
@@ -18,81 +18,22 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from checkpoints_test import (  # test writers for the other formats
+from checkpoint_fixtures import (
   TESTDATA,
-  _assert_trees_equal,
-  _hf_state_dict,
-  _write_hf_flax,
-  _write_single,
-  _write_t5x_legacy,
+  assert_trees_equal,
+  fixture_config,
+  fixture_params,
+  write_t5x_orbax,
 )
 from flax import traverse_util
 
 from data_efficient import sharding
-from data_efficient.models import checkpoints, orbax_io, t5
+from data_efficient.models import checkpoints, t5
+from data_efficient.models.checkpoints import assembly, orbax
 
 CheckpointError = checkpoints.CheckpointError
-STEP = 1000
 # Every bad directory must fail within this many seconds, never hang.
 FAIL_FAST_S = 30
-
-
-def _config(name: str) -> t5.T5Config:
-  return checkpoints.config_from_hf(TESTDATA / name)
-
-
-def _want(name: str) -> dict:
-  return checkpoints.load_params(TESTDATA / name, _config(name))
-
-
-def _write_t5x_orbax(params: dict, run_dir: pathlib.Path) -> pathlib.Path:
-  """A T5X train state saved by Orbax as T5X does; returns the step dir.
-
-  The optimizer state mimics Adafactor's factored second moments, so a
-  reader that restored it would have more to read than the parameters.
-  """
-
-  def slots(x):
-    if x.ndim == 2:
-      return {
-        "v_row": jnp.ones(x.shape[:1], jnp.float32),
-        "v_col": jnp.ones(x.shape[1:], jnp.float32),
-      }
-    return {"v": jnp.ones(x.shape, jnp.float32)}
-
-  state = {
-    "target": jax.tree.map(jnp.asarray, params),
-    "state": {
-      "step": jnp.asarray(STEP, jnp.int32),
-      "param_states": jax.tree.map(slots, params),
-    },
-  }
-  manager = ocp.CheckpointManager(
-    run_dir,
-    item_names=("state",),
-    options=ocp.CheckpointManagerOptions(step_prefix="checkpoint"),
-  )
-  manager.save(STEP, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)))
-  manager.wait_until_finished()
-  manager.close()
-  step_dir = run_dir / f"checkpoint_{STEP}"
-  assert (step_dir / "state" / "_METADATA").is_file()
-  assert (step_dir / "state" / "manifest.ocdbt").is_file()  # OCDBT
-  return step_dir
-
-
-@pytest.fixture(scope="module")
-def t5x_orbax(tmp_path_factory) -> pathlib.Path:
-  """t5_a as a T5X Orbax step directory (shared; copy before editing)."""
-  return _write_t5x_orbax(_want("t5_a"), tmp_path_factory.mktemp("t5x_run"))
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> pathlib.Path:
-  """t5_a converted from HF safetensors (shared; copy before editing)."""
-  dst = tmp_path_factory.mktemp("converted") / "t5_a"
-  orbax_io.convert(TESTDATA / "t5_a", dst)
-  return dst
 
 
 # ---------------------------------------------------------------------------
@@ -103,8 +44,8 @@ def test_t5x_orbax_loads_equal_to_safetensors(t5x_orbax):
   assert checkpoints.detect_format(t5x_orbax) == "orbax_t5x"
   assert checkpoints.detect_format(t5x_orbax / "state") == "orbax_t5x"
   for path in (t5x_orbax, t5x_orbax / "state"):
-    got = checkpoints.load_params(path, _config("t5_a"))
-    _assert_trees_equal(got, _want("t5_a"))
+    got = checkpoints.load_params(path, fixture_config("t5_a"))
+    assert_trees_equal(got, fixture_params("t5_a"))
 
 
 def test_orbax_wins_over_legacy_marker(t5x_orbax, tmp_path):
@@ -123,16 +64,18 @@ def test_t5x_orbax_reads_only_the_target(t5x_orbax, monkeypatch):
     return restore(self, directory, args=args)
 
   monkeypatch.setattr(ocp.PyTreeCheckpointHandler, "restore", spy)
-  checkpoints.load_params(t5x_orbax, _config("t5_a"), jnp.bfloat16)
+  checkpoints.load_params(t5x_orbax, fixture_config("t5_a"), dtype=jnp.bfloat16)
   (args,) = seen
   assert args.partial_restore and set(args.item) == {"target"}
   assert set(args.restore_args) == {"target"}
 
 
 def test_t5x_orbax_casts_while_reading(t5x_orbax):
-  got = checkpoints.load_params(t5x_orbax, _config("t5_a"), jnp.bfloat16)
-  want = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _want("t5_a"))
-  _assert_trees_equal(got, want)
+  got = checkpoints.load_params(
+    t5x_orbax, fixture_config("t5_a"), dtype=jnp.bfloat16
+  )
+  want = jax.tree.map(lambda x: x.astype(jnp.bfloat16), fixture_params("t5_a"))
+  assert_trees_equal(got, want)
 
 
 @pytest.mark.parametrize(
@@ -144,7 +87,7 @@ def test_t5x_orbax_casts_while_reading(t5x_orbax):
   ],
 )
 def test_t5x_orbax_leaf_errors_name_leaf_and_dir(edit, match, tmp_path):
-  params = _want("t5_a")
+  params = fixture_params("t5_a")
   layers = params["encoder"]
   if edit == "missing":
     del layers["layers_1"]["mlp"]["wo"]
@@ -152,98 +95,16 @@ def test_t5x_orbax_leaf_errors_name_leaf_and_dir(edit, match, tmp_path):
     layers["layers_0"]["attention"]["out"]["kernel"] = np.zeros((5, 32))
   else:
     layers["layers_2"] = {"mlp": {"wo": {"kernel": np.zeros((64, 32))}}}
-  step = _write_t5x_orbax(params, tmp_path / "run")
+  step = write_t5x_orbax(params, tmp_path / "run")
   with pytest.raises(CheckpointError, match=match) as e:
-    checkpoints.load_params(step, _config("t5_a"))
+    checkpoints.load_params(step, fixture_config("t5_a"))
   assert str(step / "state") in str(e.value)
 
 
 def test_orbax_tree_without_target(tmp_path):
   ocp.PyTreeCheckpointer().save(tmp_path / "item", {"params": np.ones(3)})
   with pytest.raises(CheckpointError, match="no 'target' subtree"):
-    checkpoints.load_params(tmp_path / "item", _config("t5_a"))
-
-
-# ---------------------------------------------------------------------------
-# convert: every format round-trips to identical parameters.
-
-
-def _write_source(fmt: str, folder: pathlib.Path) -> tuple[str, t5.T5Config]:
-  """`fmt` written from a committed fixture; returns (name, config)."""
-  name = "sentence_t5" if fmt == "sentence_transformers" else "t5_a"
-  if fmt == "hf_safetensors":
-    _write_single(_hf_state_dict(TESTDATA / name), folder)
-    shutil.copy(TESTDATA / name / "config.json", folder)
-  elif fmt == "sentence_transformers":
-    shutil.copytree(TESTDATA / name, folder)
-  elif fmt == "hf_flax":
-    _write_hf_flax(_hf_state_dict(TESTDATA / name), folder)
-    shutil.copy(TESTDATA / name / "config.json", folder)
-  elif fmt == "t5x_legacy":
-    _write_t5x_legacy(_want(name), folder)
-  elif fmt == "orbax_t5x":
-    folder = _write_t5x_orbax(_want(name), folder)
-  return str(folder), _config(name)
-
-
-@pytest.mark.parametrize(
-  "fmt",
-  [
-    "t5x_legacy",
-    "orbax_t5x",
-    "hf_safetensors",
-    "hf_flax",
-    "sentence_transformers",
-  ],
-)
-def test_convert_round_trips_every_format(fmt, tmp_path):
-  src, config = _write_source(fmt, tmp_path / "src")
-  assert checkpoints.detect_format(src) == fmt
-  want = checkpoints.load_params(src, config)
-  # T5X checkpoints carry no config: the model must be named.
-  model = config if fmt in ("t5x_legacy", "orbax_t5x") else None
-  dst = tmp_path / "dst"
-  assert orbax_io.convert(src, dst, model=model) == config
-  assert checkpoints.detect_format(dst) == "orbax_params"
-  assert orbax_io.config_from_checkpoint(dst) == config
-  _assert_trees_equal(checkpoints.load_params(dst, config), want)
-  # ... and a converted checkpoint converts again, unchanged.
-  again = tmp_path / "again"
-  orbax_io.convert(dst, again)
-  _assert_trees_equal(checkpoints.load_params(again, config), want)
-
-
-def test_convert_stores_requested_dtype(tmp_path):
-  config = _config("t5_b")
-  orbax_io.convert(TESTDATA / "t5_b", tmp_path / "bf16", dtype="bfloat16")
-  manifest = json.loads((tmp_path / "bf16" / orbax_io.CONFIG_FILE).read_text())
-  assert manifest["param_dtype"] == "bfloat16"
-  assert manifest["source"]["format"] == "hf_safetensors"
-  stored = ocp.PyTreeCheckpointer().metadata(tmp_path / "bf16" / "params")
-  dtypes = {m.dtype for m in jax.tree.leaves(stored.item_metadata.tree)}
-  assert dtypes == {jnp.dtype(jnp.bfloat16)}
-  want = checkpoints.load_params(TESTDATA / "t5_b", config, jnp.bfloat16)
-  got = checkpoints.load_params(tmp_path / "bf16", config, jnp.bfloat16)
-  _assert_trees_equal(got, want)
-
-
-def test_convert_with_preset_name_checks_shapes(tmp_path):
-  with pytest.raises(CheckpointError, match="is missing|has shape"):
-    orbax_io.convert(TESTDATA / "t5_a", tmp_path / "dst", model="tiny")
-  assert not (tmp_path / "dst" / orbax_io.CONFIG_FILE).exists()
-  with pytest.raises(CheckpointError, match="Unknown model preset"):
-    orbax_io.convert(TESTDATA / "t5_a", tmp_path / "dst", model="t5_huge")
-
-
-def test_convert_refuses_non_empty_destination(tmp_path, converted):
-  with pytest.raises(CheckpointError, match="not an empty directory"):
-    orbax_io.convert(TESTDATA / "t5_a", converted)
-
-
-def test_config_from_checkpoint(t5x_orbax):
-  assert orbax_io.config_from_checkpoint(TESTDATA / "t5_b") == _config("t5_b")
-  with pytest.raises(CheckpointError, match="--model"):
-    orbax_io.config_from_checkpoint(t5x_orbax)
+    checkpoints.load_params(tmp_path / "item", fixture_config("t5_a"))
 
 
 # ---------------------------------------------------------------------------
@@ -253,10 +114,10 @@ def test_config_from_checkpoint(t5x_orbax):
 @pytest.mark.parametrize("source", ["converted", "t5x_orbax"])
 def test_restore_sharded_places_every_leaf(source, request):
   path = request.getfixturevalue(source)
-  config = _config("t5_a")
+  config = fixture_config("t5_a")
   mesh = sharding.make_mesh(model_parallelism=2)
   assert dict(mesh.shape) == {"data": 4, "model": 2}
-  got = orbax_io.restore_sharded(
+  got = orbax.restore_sharded(
     path, config if source == "t5x_orbax" else None, mesh
   )
   want = sharding.param_shardings(t5.abstract_params(config), mesh)
@@ -268,7 +129,7 @@ def test_restore_sharded_places_every_leaf(source, request):
   ):
     assert isinstance(array, jax.Array), key
     assert array.sharding == spec, jax.tree_util.keystr(key)
-  _assert_trees_equal(jax.tree.map(np.asarray, got), _want("t5_a"))
+  assert_trees_equal(jax.tree.map(np.asarray, got), fixture_params("t5_a"))
   # Model-parallel leaves really are split: each device holds half.
   kernel = got["decoder"]["logits_dense"]["kernel"]  # [embed, vocab]
   assert kernel.sharding.spec == jax.P(None, "model")
@@ -277,21 +138,21 @@ def test_restore_sharded_places_every_leaf(source, request):
 
 def test_restore_sharded_casts(converted):
   mesh = sharding.make_mesh(model_parallelism=2)
-  got = orbax_io.restore_sharded(converted, None, mesh, dtype="bfloat16")
+  got = orbax.restore_sharded(converted, None, mesh, dtype="bfloat16")
   assert {x.dtype for x in jax.tree.leaves(got)} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_restore_sharded_refuses_other_formats():
   with pytest.raises(CheckpointError, match="convert"):
-    orbax_io.restore_sharded(
-      TESTDATA / "t5_a", _config("t5_a"), sharding.make_mesh()
+    orbax.restore_sharded(
+      TESTDATA / "t5_a", fixture_config("t5_a"), sharding.make_mesh()
     )
 
 
-def test_restore_sharded_checks_config(converted):
-  config = _config("t5_a").replace(mlp_dim=48)
+def test_restore_sharded_checksfixture_config(converted):
+  config = fixture_config("t5_a").replace(mlp_dim=48)
   with pytest.raises(CheckpointError, match="mlp/wi_0/kernel has shape"):
-    orbax_io.restore_sharded(converted, config, sharding.make_mesh(2))
+    orbax.restore_sharded(converted, config, sharding.make_mesh(2))
 
 
 # ---------------------------------------------------------------------------
@@ -352,7 +213,7 @@ def test_corrupt_t5x_orbax(corruption, t5x_orbax, tmp_path):
   step = shutil.copytree(t5x_orbax, tmp_path / "step")
   CORRUPTIONS[corruption](step / "state")
   _assert_fails_fast(
-    lambda: checkpoints.load_params(step, _config("t5_a")), step
+    lambda: checkpoints.load_params(step, fixture_config("t5_a")), step
   )
 
 
@@ -364,13 +225,15 @@ def test_corrupt_converted(corruption, converted, tmp_path):
   dst = shutil.copytree(converted, tmp_path / "dst")
   CORRUPTIONS[corruption](dst / "params")
   mesh = sharding.make_mesh(2)
-  _assert_fails_fast(lambda: checkpoints.load_params(dst, _config("t5_a")), dst)
-  _assert_fails_fast(lambda: orbax_io.restore_sharded(dst, None, mesh), dst)
+  _assert_fails_fast(
+    lambda: checkpoints.load_params(dst, fixture_config("t5_a")), dst
+  )
+  _assert_fails_fast(lambda: orbax.restore_sharded(dst, None, mesh), dst)
 
 
 def test_interrupted_conversion_is_refused(converted, tmp_path):
   dst = shutil.copytree(converted, tmp_path / "dst")
-  (dst / orbax_io.CONFIG_FILE).unlink()
+  (dst / orbax.CONFIG_FILE).unlink()
   with pytest.raises(CheckpointError, match="incomplete Orbax") as e:
     checkpoints.detect_format(dst)
   assert str(dst) in str(e.value)
@@ -387,19 +250,19 @@ def test_interrupted_conversion_is_refused(converted, tmp_path):
 )
 def test_bad_config_file(edit, match, converted, tmp_path):
   dst = shutil.copytree(converted, tmp_path / "dst")
-  file = dst / orbax_io.CONFIG_FILE
+  file = dst / orbax.CONFIG_FILE
   file.write_text(json.dumps({**json.loads(file.read_text()), **edit}))
   with pytest.raises(CheckpointError, match=match) as e:
-    orbax_io.config_from_checkpoint(dst)
+    checkpoints.config_from_checkpoint(dst)
   assert str(file) in str(e.value)
 
 
 def test_params_item_alone_points_to_its_parent(converted):
   with pytest.raises(CheckpointError, match="pass its parent directory"):
-    checkpoints.load_params(converted / "params", _config("t5_a"))
+    checkpoints.load_params(converted / "params", fixture_config("t5_a"))
 
 
 def test_orbax_structure_matches_model(converted):
   stored = ocp.PyTreeCheckpointer().metadata(converted / "params")
   names = set(traverse_util.flatten_dict(stored.item_metadata.tree, sep="/"))
-  assert names == set(checkpoints._expected_shapes(_config("t5_a")))
+  assert names == set(assembly.expected_shapes(fixture_config("t5_a")))
