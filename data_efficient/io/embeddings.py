@@ -23,15 +23,7 @@ def schema(dim: int, storage_dtype: str = "float32"):
   import pyarrow as pa
 
   value = pa.float16() if storage_dtype == "float16" else pa.float32()
-  return pa.schema(
-    [
-      ("id", pa.string()),
-      ("problem", pa.string()),
-      ("n_tokens", pa.int32()),
-      ("truncated", pa.bool_()),
-      (EMBEDDING_COLUMN, pa.list_(value, dim)),
-    ]
-  )
+  return results.token_row_schema((EMBEDDING_COLUMN, pa.list_(value, dim)))
 
 
 def iter_embeddings(

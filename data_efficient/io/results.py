@@ -51,6 +51,20 @@ _PARQUET_OPTIONS = {
 }
 
 
+def token_row_schema(*columns: tuple[str, pa.DataType]) -> pa.Schema:
+  """Schema of a model stage's rows: id, problem, n_tokens, truncated, then
+  the stage's own `columns`."""
+  return pa.schema(
+    [
+      ("id", pa.string()),
+      ("problem", pa.string()),
+      ("n_tokens", pa.int32()),
+      ("truncated", pa.bool_()),
+      *columns,
+    ]
+  )
+
+
 class OutputError(ValueError):
   """A problem with an output directory; the message says which and how."""
 

@@ -213,35 +213,23 @@ def schema():
   """Row schema of a `score` directory."""
   import pyarrow as pa
 
-  return pa.schema(
-    [
-      ("id", pa.string()),
-      ("problem", pa.string()),
-      ("n_tokens", pa.int32()),
-      ("truncated", pa.bool_()),
-      ("p_yes", pa.float32()),
-      ("log_p_yes", pa.float32()),
-      ("p_yes_renorm", pa.float32()),
-    ]
+  from data_efficient.io import results
+
+  return results.token_row_schema(
+    ("p_yes", pa.float32()),
+    ("log_p_yes", pa.float32()),
+    ("p_yes_renorm", pa.float32()),
   )
 
 
 def score(config: configs.ScoreConfig) -> dict:
   """The `score` stage: Ask-LLM P('yes') of every record; the manifest."""
-  config.processes.initialize()
-  model_config, load_params = engine.load_model(config.model)
-  stage = AskLLMStage(
-    model_config, engine.tokenizer_for(config.model), config.max_length
-  )
-  return engine.run_model_stage(
+  return engine.run_t5_stage(
     config,
-    stage,
-    model_config,
-    load_params,
-    t5.abstract_params(model_config),
+    lambda model, tok: AskLLMStage(model, tok, config.max_length),
     schema(),
     {"stage": "score", "prompt_sha256": prompt_sha256()},
-    {
+    lambda stage: {
       "stage": "score",
       "score_column": "p_yes",
       "answer_ids": {"yes": stage.yes_id, "no": stage.no_id},

@@ -216,37 +216,37 @@ class ProcessConfig:
 
 
 @_config
-class ScoreConfig:
-  """`score`: Ask-LLM P('yes') of Flan-T5 for every example."""
+class ModelStageConfig:
+  """What every model stage (score, perplexity, embed) reads and runs."""
 
   corpus: CorpusConfig = setting(group="input corpus")
   model: ModelConfig = setting(ModelConfig(), group="model")
+  run: StreamConfig = setting(group="run")
+  processes: ProcessConfig = setting(ProcessConfig(), group="run")
+
+
+@_config
+class ScoreConfig(ModelStageConfig):
+  """`score`: Ask-LLM P('yes') of Flan-T5 for every example."""
+
   max_length: int = setting(
     512, "Tokens of the whole prompt; only the example is truncated."
   )
-  run: StreamConfig = setting(group="run")
-  processes: ProcessConfig = setting(ProcessConfig(), group="run")
 
 
 @_config
-class PerplexityConfig:
+class PerplexityConfig(ModelStageConfig):
   """`perplexity`: mean token NLL of each example's second half."""
 
-  corpus: CorpusConfig = setting(group="input corpus")
-  model: ModelConfig = setting(ModelConfig(), group="model")
   max_tokens: int = setting(
     512, "Tokens of the example that are kept and split (prefix + target)."
   )
-  run: StreamConfig = setting(group="run")
-  processes: ProcessConfig = setting(ProcessConfig(), group="run")
 
 
 @_config
-class EmbedConfig:
+class EmbedConfig(ModelStageConfig):
   """`embed`: Sentence-T5 (or MiniLM) embeddings of every example."""
 
-  corpus: CorpusConfig = setting(group="input corpus")
-  model: ModelConfig = setting(ModelConfig(), group="model")
   max_length: int = setting(
     256, "Tokens per example, EOS included (sentence-transformers' 256)."
   )
@@ -255,8 +255,6 @@ class EmbedConfig:
     "How embeddings are stored (float16 halves the disk).",
     choices=STORAGE_DTYPES,
   )
-  run: StreamConfig = setting(group="run")
-  processes: ProcessConfig = setting(ProcessConfig(), group="run")
 
   def __post_init__(self):
     _check_choice(self.storage_dtype, "storage_dtype", STORAGE_DTYPES)
@@ -264,6 +262,22 @@ class EmbedConfig:
 
 # ---------------------------------------------------------------------------
 # The reductions over embeddings: density, cluster.
+
+
+@_config
+class EmbeddingsStageConfig:
+  """What the reductions over embeddings (density, cluster) read and write."""
+
+  embeddings: str = setting(
+    help="An `embed` output directory, or a .npy float matrix [N, d] (ids "
+    "are then the row numbers)."
+  )
+  output: str = setting(help="Output directory.")
+  batch_rows: int = setting(
+    65536, "Embeddings per batch, and rows per output shard."
+  )
+  progress: bool = setting(True, flag="no_progress")
+
 
 # DensityConfig fields that determine the scores (the manifest's run config).
 ESTIMATOR_FIELDS = (
@@ -279,7 +293,7 @@ ESTIMATOR_FIELDS = (
 
 
 @_config
-class DensityConfig:
+class DensityConfig(EmbeddingsStageConfig):
   """`density`: the kernel-sum density of every embedding.
 
   Attributes:
@@ -330,15 +344,6 @@ class DensityConfig:
     "first batch end after every this many rows, and when pass 1 ends; a "
     "rerun resumes from the last save. 0 disables.",
   )
-  embeddings: str = setting(
-    help="An `embed` output directory, or a .npy float matrix [N, d] (ids "
-    "are then the row numbers)."
-  )
-  output: str = setting(help="Output directory.")
-  batch_rows: int = setting(
-    65536, "Embeddings per batch, and rows per output shard."
-  )
-  progress: bool = setting(True, flag="no_progress")
 
   def __post_init__(self):
     _check_choice(self.estimator, "estimator", ESTIMATORS)
@@ -403,7 +408,7 @@ class KMeansConfig:
 
 
 @_config
-class ClusterConfig:
+class ClusterConfig(EmbeddingsStageConfig):
   """`cluster`: k-means of the embeddings, then SemDeDup or prototype scores."""
 
   method: str = setting(
@@ -425,15 +430,6 @@ class ClusterConfig:
   checkpoint_every: int = setting(
     1, "Iterations between k-means checkpoints (0: only the last)."
   )
-  embeddings: str = setting(
-    help="An `embed` output directory, or a .npy float matrix [N, d] (ids "
-    "are then the row numbers)."
-  )
-  output: str = setting(help="Output directory.")
-  batch_rows: int = setting(
-    65536, "Embeddings per batch, and rows per output shard."
-  )
-  progress: bool = setting(True, flag="no_progress")
 
   def __post_init__(self):
     _check_choice(self.method, "method", CLUSTER_METHODS)

@@ -538,3 +538,36 @@ def tokenizer_for(model: configs.ModelConfig):
   from data_efficient.models import tokenizer
 
   return tokenizer.Tokenizer(model.vocab or tokenizer.DEFAULT_VOCAB)
+
+
+def run_t5_stage(
+  settings: configs.ModelStageConfig,
+  make_stage: Callable[[Any, Any], Stage],
+  schema: Any,
+  run_config: Mapping[str, Any],
+  provenance: Callable[[Stage], Mapping[str, Any]],
+) -> dict[str, Any]:
+  """A T5 model stage end to end: processes, weights, tokenizer, the run.
+
+  Args:
+    settings: The stage's config.
+    make_stage: (T5 config, tokenizer) -> the stage.
+    schema: pyarrow schema of the rows.
+    run_config: The stage's own entries of the run config.
+    provenance: The stage's own manifest fields, from the stage.
+  """
+  from data_efficient.models import t5
+
+  settings.processes.initialize()
+  model_config, load_params = load_model(settings.model)
+  stage = make_stage(model_config, tokenizer_for(settings.model))
+  return run_model_stage(
+    settings,
+    stage,
+    model_config,
+    load_params,
+    t5.abstract_params(model_config),
+    schema,
+    run_config,
+    provenance(stage),
+  )

@@ -302,39 +302,27 @@ def schema():
   """Row schema of a perplexity directory (score column: `mean_nll`)."""
   import pyarrow as pa
 
-  return pa.schema(
-    [
-      ("id", pa.string()),
-      ("problem", pa.string()),
-      ("n_tokens", pa.int32()),
-      ("truncated", pa.bool_()),
-      ("n_prefix_tokens", pa.int32()),
-      ("n_target_tokens", pa.int32()),
-      ("mean_nll", pa.float32()),
-      ("nll_sum", pa.float32()),
-      ("perplexity", pa.float32()),
-    ]
+  from data_efficient.io import results
+
+  return results.token_row_schema(
+    ("n_prefix_tokens", pa.int32()),
+    ("n_target_tokens", pa.int32()),
+    ("mean_nll", pa.float32()),
+    ("nll_sum", pa.float32()),
+    ("perplexity", pa.float32()),
   )
 
 
 def perplexity(config: configs.PerplexityConfig) -> dict:
   """The `perplexity` stage: every record's prefix-LM NLL; the manifest."""
-  config.processes.initialize()
-  model_config, load_params = engine.load_model(config.model)
-  stage = PerplexityStage(
-    model_config, engine.tokenizer_for(config.model), config.max_tokens
-  )
-  return engine.run_model_stage(
+  return engine.run_t5_stage(
     config,
-    stage,
-    model_config,
-    load_params,
-    t5.abstract_params(model_config),
+    lambda model, tok: PerplexityStage(model, tok, config.max_tokens),
     schema(),
     {
       "stage": "perplexity",
       "max_tokens": config.max_tokens,
       "split": SPLIT_VERSION,
     },
-    {"stage": "perplexity", "score_column": "mean_nll"},
+    lambda stage: {"stage": "perplexity", "score_column": "mean_nll"},
   )
