@@ -149,7 +149,7 @@ def test_restore_sharded_refuses_other_formats():
     )
 
 
-def test_restore_sharded_checksfixture_config(converted):
+def test_restore_sharded_checks_config(converted):
   config = fixture_config("t5_a").replace(mlp_dim=48)
   with pytest.raises(CheckpointError, match="mlp/wi_0/kernel has shape"):
     orbax.restore_sharded(converted, config, sharding.make_mesh(2))
