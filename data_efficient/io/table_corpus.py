@@ -33,6 +33,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow import fs as pa_fs
 
 from data_efficient.io import file_corpus
 from data_efficient.io import records as records_lib
@@ -92,16 +93,21 @@ def block_ranges(group_sizes: list[int], block_size: int) -> list[range]:
   return blocks
 
 
+def _open_input(path: str, *, memory_map: bool) -> Any:
+  """A pyarrow input file: gs:// (and file://) through pyarrow's own
+  filesystems, which read ranges, not whole objects; local files by path or
+  memory-mapped."""
+  if file_corpus.is_remote(path):
+    filesystem, inner = pa_fs.FileSystem.from_uri(path)
+    return filesystem.open_input_file(inner)
+  return pa.memory_map(path) if memory_map else path
+
+
 class _ParquetFile:
   """One Parquet file, read a row range at a time (its row groups cached)."""
 
   def __init__(self, path: str):
-    source = (
-      file_corpus.gfile().GFile(path, "rb")
-      if file_corpus.is_remote(path)
-      else path
-    )
-    self._file = pq.ParquetFile(source)
+    self._file = pq.ParquetFile(_open_input(path, memory_map=False))
     metadata = self._file.metadata
     self.layout = _Layout(
       tuple(
@@ -130,13 +136,7 @@ class _ArrowStreamFile:
   """One Arrow IPC stream file (memory-mapped where local)."""
 
   def __init__(self, path: str):
-    if file_corpus.is_remote(
-      path
-    ):  # No random access: the stream is read into memory.
-      source = pa.BufferReader(file_corpus.gfile().GFile(path, "rb").read())
-    else:
-      source = pa.memory_map(path)
-    reader = pa.ipc.open_stream(source)
+    reader = pa.ipc.open_stream(_open_input(path, memory_map=True))
     batches, error = [], None
     try:
       batches.extend(reader)
