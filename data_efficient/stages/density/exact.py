@@ -162,7 +162,7 @@ def kernel_sums(
   kernel: kernels.Kernel,
   bandwidth: float,
   *,
-  mesh: jax.sharding.Mesh | None = None,
+  mesh: jax.sharding.Mesh,
   query_block: int = DEFAULT_QUERY_BLOCK,
   key_block: int = DEFAULT_KEY_BLOCK,
 ) -> jax.Array:
@@ -176,7 +176,8 @@ def kernel_sums(
     kernel: One of `kernels.KERNELS`.
     bandwidth: h (the hash width w for 'lsh'); see
       `kernels.default_bandwidth`.
-    mesh: Mesh from `sharding.make_mesh`; default: all devices.
+    mesh: Mesh from `sharding.make_mesh`; queries are split over all its
+      devices.
     query_block: Query rows per tile.
     key_block: Key rows per tile. Memory per device is about
       2 x query_block x key_block x 4 bytes plus the keys.
@@ -211,7 +212,6 @@ def kernel_sums(
     raise ValueError("keys contain NaN or inf.")
   if isinstance(queries, np.ndarray) and not np.isfinite(queries).all():
     raise ValueError("queries contain NaN or inf.")
-  mesh = sharding.make_mesh() if mesh is None else mesh
   qb, kb = _block_sizes(n_queries, n_keys, query_block, key_block)
   queries = jax.device_put(
     _pad_rows(queries, mesh.size * qb), query_sharding(mesh)

@@ -278,7 +278,7 @@ def add(
   sketch: RaceSketch,
   embeddings,
   *,
-  mesh: jax.sharding.Mesh | None = None,
+  mesh: jax.sharding.Mesh,
   block: int = DEFAULT_BLOCK,
 ) -> RaceSketch:
   """Pass 1: the sketch with every row of `embeddings` counted once.
@@ -289,8 +289,8 @@ def add(
   Args:
     sketch: The sketch so far (from `init`, `add` or `merge`).
     embeddings: [n, d] vectors (NumPy or JAX).
-    mesh: Mesh from `sharding.make_mesh`; default: all devices. Rows are
-      split over all its devices, the per-device counts are summed.
+    mesh: Mesh from `sharding.make_mesh`. Rows are split over all its
+      devices, the per-device counts are summed.
     block: Rows hashed per step on each device (memory ~ block x R x 8
       bytes).
 
@@ -303,7 +303,6 @@ def add(
   _check_embeddings(sketch, embeddings)
   if embeddings.shape[0] == 0:
     return sketch
-  mesh = sharding.make_mesh() if mesh is None else mesh
   x, block, n_padding = _shard_rows(embeddings, mesh, block)
   rep = sharding.replicated(mesh)
   params = jax.device_put((sketch.counts, *_scaled(sketch)), rep)
@@ -376,7 +375,7 @@ def scores(
   embeddings,
   *,
   debias: bool = True,
-  mesh: jax.sharding.Mesh | None = None,
+  mesh: jax.sharding.Mesh,
   block: int = DEFAULT_BLOCK,
 ) -> jax.Array:
   """Pass 2: the density score of each row of `embeddings`.
@@ -387,7 +386,8 @@ def scores(
     debias: Remove the bucket-collision term: return
       (mean count - N/B) / (1 - 1/B), an unbiased estimate of the exact
       collision-kernel sum. False returns the raw mean count.
-    mesh: Mesh from `sharding.make_mesh`; default: all devices.
+    mesh: Mesh from `sharding.make_mesh`; rows are split over all its
+      devices.
     block: Rows hashed per step on each device.
 
   Returns:
@@ -400,7 +400,6 @@ def scores(
   n = embeddings.shape[0]
   if n == 0:
     return jnp.zeros((0,), jnp.float32)
-  mesh = sharding.make_mesh() if mesh is None else mesh
   x, block, _ = _shard_rows(embeddings, mesh, block)
   rep = sharding.replicated(mesh)
   params = jax.device_put((sketch.counts, *_scaled(sketch)), rep)
