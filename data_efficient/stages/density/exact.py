@@ -54,11 +54,6 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def query_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
-  """Queries' leading axis split over every device of `mesh`."""
-  return jax.sharding.NamedSharding(mesh, jax.P(mesh.axis_names))
-
-
 def _block_sizes(
   n_queries: int, n_keys: int, query_block: int, key_block: int
 ) -> tuple[int, int]:
@@ -70,13 +65,6 @@ def _block_sizes(
   qb = min(_round_up(query_block, _ALIGN), _round_up(n_queries, _ALIGN))
   kb = min(_round_up(key_block, _ALIGN), _round_up(n_keys, _ALIGN))
   return qb, kb
-
-
-def _pad_rows(x, multiple: int) -> jax.Array:
-  """float32 copy of x with zero rows appended up to a multiple."""
-  x = jnp.asarray(x, jnp.float32)
-  n_pad = _round_up(x.shape[0], multiple)
-  return jnp.pad(x, ((0, n_pad - x.shape[0]), (0, 0)))
 
 
 def _block_sums(
@@ -213,10 +201,8 @@ def kernel_sums(
   if isinstance(queries, np.ndarray) and not np.isfinite(queries).all():
     raise ValueError("queries contain NaN or inf.")
   qb, kb = _block_sizes(n_queries, n_keys, query_block, key_block)
-  queries = jax.device_put(
-    _pad_rows(queries, mesh.size * qb), query_sharding(mesh)
-  )
-  keys = jax.device_put(_pad_rows(keys, kb), sharding.replicated(mesh))
+  queries = sharding.shard_rows(queries, mesh, mesh.size * qb)
+  keys = sharding.shard_rows(keys, mesh, kb, replicate=True)
   sums = _sums_fn(mesh, kernel, qb, kb)(
     queries, keys, jnp.int32(n_keys), jnp.float32(bandwidth)
   )

@@ -229,16 +229,10 @@ def _check_embeddings(sketch: RaceSketch, x) -> None:
     raise ValueError(f"embeddings row {bad} contains NaN or inf.")
 
 
-def _shard_rows(x, mesh: jax.sharding.Mesh, block: int):
-  """Pads [n, d] to a multiple of devices x block rows and shards it."""
-  n = x.shape[0]
-  block = min(_round_up(block, _ALIGN), _round_up(n, _ALIGN))
-  n_pad = _round_up(n, mesh.size * block)
-  x = jnp.asarray(x, jnp.float32)
-  if n_pad > n:  # A copy of the whole chunk: only when it is needed.
-    x = jnp.pad(x, ((0, n_pad - n), (0, 0)))
-  spec = jax.sharding.NamedSharding(mesh, jax.P(mesh.axis_names))
-  return jax.device_put(x, spec), block, n_pad - n
+def _shard_blocks(x, mesh: jax.sharding.Mesh, block: int):
+  """([n_pad, d] rows in whole blocks on every device, the block size)."""
+  block = min(_round_up(block, _ALIGN), _round_up(x.shape[0], _ALIGN))
+  return sharding.shard_rows(x, mesh, mesh.size * block), block
 
 
 @functools.cache
@@ -303,7 +297,8 @@ def add(
   _check_embeddings(sketch, embeddings)
   if embeddings.shape[0] == 0:
     return sketch
-  x, block, n_padding = _shard_rows(embeddings, mesh, block)
+  x, block = _shard_blocks(embeddings, mesh, block)
+  n_padding = x.shape[0] - embeddings.shape[0]
   rep = sharding.replicated(mesh)
   params = jax.device_put((sketch.counts, *_scaled(sketch)), rep)
   counts = _add_fn(mesh, block, sketch.buckets)(x, *params)
@@ -400,7 +395,7 @@ def scores(
   n = embeddings.shape[0]
   if n == 0:
     return jnp.zeros((0,), jnp.float32)
-  x, block, _ = _shard_rows(embeddings, mesh, block)
+  x, block = _shard_blocks(embeddings, mesh, block)
   rep = sharding.replicated(mesh)
   params = jax.device_put((sketch.counts, *_scaled(sketch)), rep)
   means = _scores_fn(mesh, block, sketch.buckets)(x, *params)
