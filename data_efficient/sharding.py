@@ -5,7 +5,8 @@ processes. Batches are split on 'data'. Parameters are placed by their
 logical axis names (set in `models/t5.py`): the wide axes (vocab, mlp, heads)
 go to 'model', the rest is replicated, as in T5X's default partitioning
 rules. A 'model' size above 1 lets XL and XXL fit where one core cannot hold
-the whole model.
+the whole model. Row-parallel programs (kernel sums, sketches, k-means) split
+their rows over every device instead (`shard_rows`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 DATA = "data"
@@ -64,6 +66,59 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
 
 def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.P())
+
+
+def rows_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Leading (row) axis split over every device of `mesh`, all its axes.
+
+  Unlike `batch_sharding`, a 'model' axis splits the rows further instead of
+  holding copies: the placement of row-parallel programs (`jax.shard_map`
+  over all mesh axes) that use no model parallelism.
+  """
+  return jax.sharding.NamedSharding(mesh, jax.P(mesh.axis_names))
+
+
+def shard_rows(
+  x: np.ndarray | jax.Array,
+  mesh: jax.sharding.Mesh,
+  multiple: int,
+  *,
+  replicate: bool = False,
+) -> jax.Array:
+  """float32 rows, zero-padded to a multiple of `multiple`, placed on `mesh`.
+
+  Row-parallel programs take whole blocks of rows on each device. The padding
+  rows are zeros after the real ones: callers know the real count, `len(x)`,
+  and mask or cut what the padding produces.
+
+  Args:
+    x: [n, ...] rows: NumPy (cast and padded on the host) or JAX (cast and
+      padded where it lives).
+    mesh: The mesh to place the rows on.
+    multiple: The padded row count is the smallest multiple of it that is at
+      least n; a multiple of `mesh.size` unless `replicate`.
+    replicate: Put every row on every device (`replicated`) instead of
+      splitting the rows over the devices (`rows_sharding`).
+
+  Returns:
+    [n_pad, ...] float32 global array, n_pad = ceil(n / multiple) * multiple.
+
+  Raises:
+    ValueError: if split rows would not divide evenly over the devices.
+  """
+  if not replicate and multiple % mesh.size:
+    raise ValueError(
+      f"multiple={multiple} rows cannot be split evenly over {mesh.size} "
+      "devices: pass a multiple of the mesh size."
+    )
+  xp = jnp if isinstance(x, jax.Array) else np
+  x = xp.asarray(x, xp.float32)
+  n = x.shape[0]
+  n_pad = -(-n // multiple) * multiple
+  if n_pad > n:  # A copy of the whole array: only when it is needed.
+    x = xp.pad(x, [(0, n_pad - n)] + [(0, 0)] * (x.ndim - 1))
+  placement = replicated(mesh) if replicate else rows_sharding(mesh)
+  return jax.device_put(x, placement)
 
 
 def _spec(

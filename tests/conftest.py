@@ -16,6 +16,14 @@ from text_fixtures import synthetic_texts  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def mesh():
+  """A ('data', 'model') mesh over all eight devices."""
+  from data_efficient import sharding
+
+  return sharding.make_mesh()
+
+
+@pytest.fixture(scope="session")
 def vocab_path(tmp_path_factory) -> str:
   """A small SentencePiece model with T5's special ids, where the Ask-LLM
   answers "yes" and "no" are single pieces (trained on prompts, as the demo

@@ -53,14 +53,14 @@ def _proportions(selected, cluster_of):
   return np.bincount(labels, minlength=3) / len(labels)
 
 
-def test_ips_sample_balances_clusters():
+def test_ips_sample_balances_clusters(mesh):
   rng = np.random.default_rng(0)
   sizes = [1800, 180, 20]  # 90% / 9% / 1%
   centers = rng.standard_normal((3, 8)) * 20.0
   labels = np.repeat(np.arange(3), sizes)
   x = (centers[labels] + rng.standard_normal((2000, 8))).astype(np.float32)
   h = kernels.default_bandwidth(x, "gaussian")
-  density = np.asarray(exact.kernel_sums(x, x, "gaussian", h))
+  density = np.asarray(exact.kernel_sums(x, x, "gaussian", h, mesh=mesh))
   ids = _ids(2000)
   cluster_of = dict(zip(ids, labels, strict=True))
   k = sampling.rate_to_k(0.1, len(ids))

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_efficient import sharding
 from data_efficient.io import embeddings
 from data_efficient.io import scores as scores_lib
 from data_efficient.runs import driver
@@ -97,9 +98,10 @@ def _max_earlier_fn(mesh: jax.sharding.Mesh, block: int):
   axes = mesh.axis_names
 
   def per_device(x, cols, col_blocks):
-    # x [n, d] every member (replicated); cols [c, block, d] this device's
-    # column blocks; col_blocks [c] their block numbers.
+    # x [n, d] every member (replicated); cols [c * block, d] this device's
+    # columns; col_blocks [c] their block numbers.
     rows = jnp.arange(x.shape[0])[:, None]
+    cols = cols.reshape(-1, block, x.shape[1])  # -> [c, block, d]
 
     def one(_, inputs):
       xj, jb = inputs
@@ -128,19 +130,19 @@ def max_earlier_similarity(x, mesh: jax.sharding.Mesh) -> np.ndarray:
   the members are padded to a power of two (zero rows, after the real
   ones, so they are never 'earlier'), which bounds the compilations.
   """
-  x = np.asarray(x, np.float32)
-  n, d = x.shape
+  n = x.shape[0]
   if n == 0:
     return np.zeros((0,), np.float32)
   n_pad = _next_pow2(max(n, 8))
   block = max(8, min(_MAX_BLOCK, _TILE_ELEMENTS // n_pad))
   n_pad = -(-n_pad // (block * mesh.size)) * (block * mesh.size)
-  x = np.pad(x, ((0, n_pad - n), (0, 0)))
-  spec = jax.sharding.NamedSharding(mesh, jax.P(mesh.axis_names))
-  rep = jax.sharding.NamedSharding(mesh, jax.P())
-  cols = jax.device_put(x.reshape(-1, block, d), spec)
-  col_blocks = jax.device_put(np.arange(n_pad // block, dtype=np.int32), spec)
-  best = _max_earlier_fn(mesh, block)(jax.device_put(x, rep), cols, col_blocks)
+  # n <= n_pad: padding to a multiple of n_pad gives exactly n_pad rows.
+  cols = sharding.shard_rows(x, mesh, n_pad)
+  col_blocks = jax.device_put(
+    np.arange(n_pad // block, dtype=np.int32), cols.sharding
+  )
+  x = jax.device_put(cols, sharding.replicated(mesh))
+  best = _max_earlier_fn(mesh, block)(x, cols, col_blocks)
   best = np.asarray(best)[:n]
   return np.where(np.isneginf(best), -1.0, best).astype(np.float32)
 

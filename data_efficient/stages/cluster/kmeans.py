@@ -206,11 +206,9 @@ def _shard_batch(x: np.ndarray, mesh: jax.sharding.Mesh, block: int):
   """(sharded [n_pad, d] rows, sharded [n_pad] valid mask, block)."""
   n = x.shape[0]
   block = min(block, _round_up(n, _ALIGN))
-  n_pad = _round_up(n, mesh.size * block)
-  spec = jax.sharding.NamedSharding(mesh, jax.P(mesh.axis_names))
-  x = np.pad(np.asarray(x, np.float32), ((0, n_pad - n), (0, 0)))
-  valid = np.arange(n_pad) < n
-  return jax.device_put(x, spec), jax.device_put(valid, spec), block
+  xs = sharding.shard_rows(x, mesh, mesh.size * block)
+  valid = jax.device_put(np.arange(xs.shape[0]) < n, xs.sharding)
+  return xs, valid, block
 
 
 @functools.cache

@@ -54,11 +54,6 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def query_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
-  """Queries' leading axis split over every device of `mesh`."""
-  return jax.sharding.NamedSharding(mesh, jax.P(mesh.axis_names))
-
-
 def _block_sizes(
   n_queries: int, n_keys: int, query_block: int, key_block: int
 ) -> tuple[int, int]:
@@ -70,13 +65,6 @@ def _block_sizes(
   qb = min(_round_up(query_block, _ALIGN), _round_up(n_queries, _ALIGN))
   kb = min(_round_up(key_block, _ALIGN), _round_up(n_keys, _ALIGN))
   return qb, kb
-
-
-def _pad_rows(x, multiple: int) -> jax.Array:
-  """float32 copy of x with zero rows appended up to a multiple."""
-  x = jnp.asarray(x, jnp.float32)
-  n_pad = _round_up(x.shape[0], multiple)
-  return jnp.pad(x, ((0, n_pad - x.shape[0]), (0, 0)))
 
 
 def _block_sums(
@@ -162,7 +150,7 @@ def kernel_sums(
   kernel: kernels.Kernel,
   bandwidth: float,
   *,
-  mesh: jax.sharding.Mesh | None = None,
+  mesh: jax.sharding.Mesh,
   query_block: int = DEFAULT_QUERY_BLOCK,
   key_block: int = DEFAULT_KEY_BLOCK,
 ) -> jax.Array:
@@ -176,7 +164,8 @@ def kernel_sums(
     kernel: One of `kernels.KERNELS`.
     bandwidth: h (the hash width w for 'lsh'); see
       `kernels.default_bandwidth`.
-    mesh: Mesh from `sharding.make_mesh`; default: all devices.
+    mesh: Mesh from `sharding.make_mesh`; queries are split over all its
+      devices.
     query_block: Query rows per tile.
     key_block: Key rows per tile. Memory per device is about
       2 x query_block x key_block x 4 bytes plus the keys.
@@ -211,12 +200,9 @@ def kernel_sums(
     raise ValueError("keys contain NaN or inf.")
   if isinstance(queries, np.ndarray) and not np.isfinite(queries).all():
     raise ValueError("queries contain NaN or inf.")
-  mesh = sharding.make_mesh() if mesh is None else mesh
   qb, kb = _block_sizes(n_queries, n_keys, query_block, key_block)
-  queries = jax.device_put(
-    _pad_rows(queries, mesh.size * qb), query_sharding(mesh)
-  )
-  keys = jax.device_put(_pad_rows(keys, kb), sharding.replicated(mesh))
+  queries = sharding.shard_rows(queries, mesh, mesh.size * qb)
+  keys = sharding.shard_rows(keys, mesh, kb, replicate=True)
   sums = _sums_fn(mesh, kernel, qb, kb)(
     queries, keys, jnp.int32(n_keys), jnp.float32(bandwidth)
   )

@@ -230,16 +230,10 @@ def _check_embeddings(sketch: RaceSketch, x) -> None:
     raise ValueError(f"embeddings row {bad} contains NaN or inf.")
 
 
-def _shard_rows(x, mesh: jax.sharding.Mesh, block: int):
-  """Pads [n, d] to a multiple of devices x block rows and shards it."""
-  n = x.shape[0]
-  block = min(_round_up(block, _ALIGN), _round_up(n, _ALIGN))
-  n_pad = _round_up(n, mesh.size * block)
-  x = jnp.asarray(x, jnp.float32)
-  if n_pad > n:  # A copy of the whole chunk: only when it is needed.
-    x = jnp.pad(x, ((0, n_pad - n), (0, 0)))
-  spec = jax.sharding.NamedSharding(mesh, jax.P(mesh.axis_names))
-  return jax.device_put(x, spec), block, n_pad - n
+def _shard_blocks(x, mesh: jax.sharding.Mesh, block: int):
+  """([n_pad, d] rows in whole blocks on every device, the block size)."""
+  block = min(_round_up(block, _ALIGN), _round_up(x.shape[0], _ALIGN))
+  return sharding.shard_rows(x, mesh, mesh.size * block), block
 
 
 @functools.cache
@@ -279,7 +273,7 @@ def add(
   sketch: RaceSketch,
   embeddings,
   *,
-  mesh: jax.sharding.Mesh | None = None,
+  mesh: jax.sharding.Mesh,
   block: int = DEFAULT_BLOCK,
 ) -> RaceSketch:
   """Pass 1: the sketch with every row of `embeddings` counted once.
@@ -290,8 +284,8 @@ def add(
   Args:
     sketch: The sketch so far (from `init`, `add` or `merge`).
     embeddings: [n, d] vectors (NumPy or JAX).
-    mesh: Mesh from `sharding.make_mesh`; default: all devices. Rows are
-      split over all its devices, the per-device counts are summed.
+    mesh: Mesh from `sharding.make_mesh`. Rows are split over all its
+      devices, the per-device counts are summed.
     block: Rows hashed per step on each device (memory ~ block x R x 8
       bytes).
 
@@ -304,8 +298,8 @@ def add(
   _check_embeddings(sketch, embeddings)
   if embeddings.shape[0] == 0:
     return sketch
-  mesh = sharding.make_mesh() if mesh is None else mesh
-  x, block, n_padding = _shard_rows(embeddings, mesh, block)
+  x, block = _shard_blocks(embeddings, mesh, block)
+  n_padding = x.shape[0] - embeddings.shape[0]
   rep = sharding.replicated(mesh)
   params = jax.device_put((sketch.counts, *_scaled(sketch)), rep)
   counts = _add_fn(mesh, block, sketch.buckets)(x, *params)
@@ -377,7 +371,7 @@ def scores(
   embeddings,
   *,
   debias: bool = True,
-  mesh: jax.sharding.Mesh | None = None,
+  mesh: jax.sharding.Mesh,
   block: int = DEFAULT_BLOCK,
 ) -> jax.Array:
   """Pass 2: the density score of each row of `embeddings`.
@@ -388,7 +382,8 @@ def scores(
     debias: Remove the bucket-collision term: return
       (mean count - N/B) / (1 - 1/B), an unbiased estimate of the exact
       collision-kernel sum. False returns the raw mean count.
-    mesh: Mesh from `sharding.make_mesh`; default: all devices.
+    mesh: Mesh from `sharding.make_mesh`; rows are split over all its
+      devices.
     block: Rows hashed per step on each device.
 
   Returns:
@@ -401,8 +396,7 @@ def scores(
   n = embeddings.shape[0]
   if n == 0:
     return jnp.zeros((0,), jnp.float32)
-  mesh = sharding.make_mesh() if mesh is None else mesh
-  x, block, _ = _shard_rows(embeddings, mesh, block)
+  x, block = _shard_blocks(embeddings, mesh, block)
   rep = sharding.replicated(mesh)
   params = jax.device_put((sketch.counts, *_scaled(sketch)), rep)
   means = _scores_fn(mesh, block, sketch.buckets)(x, *params)

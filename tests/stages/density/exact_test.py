@@ -48,13 +48,13 @@ def _data(n, d, seed=0):
 
 
 @pytest.mark.parametrize("kernel", kernels.KERNELS)
-def test_matches_naive_double_loop(kernel):
+def test_matches_naive_double_loop(kernel, mesh):
   keys = _data(90, 7)
   # Queries include keys (self terms) and points that are not keys.
   queries = np.concatenate([keys[:20], _data(43, 7, seed=1)])
   h = kernels.default_bandwidth(keys, kernel)
   got = exact.kernel_sums(
-    queries, keys, kernel, h, query_block=16, key_block=24
+    queries, keys, kernel, h, mesh=mesh, query_block=16, key_block=24
   )
   want = _naive_sums(queries, keys, kernel, h)
   np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5)
@@ -62,12 +62,12 @@ def test_matches_naive_double_loop(kernel):
 
 @pytest.mark.parametrize("kernel", kernels.KERNELS)
 @pytest.mark.parametrize("blocks", [(64, 128), (8, 1000), (1000, 8)])
-def test_self_sums_match_float64_on_unit_vectors(kernel, blocks):
+def test_self_sums_match_float64_on_unit_vectors(kernel, blocks, mesh):
   x = _data(1003, 32, seed=2)
   x /= np.linalg.norm(x, axis=1, keepdims=True)
   h = kernels.default_bandwidth(x, kernel)
   got = exact.kernel_sums(
-    x, x, kernel, h, query_block=blocks[0], key_block=blocks[1]
+    x, x, kernel, h, mesh=mesh, query_block=blocks[0], key_block=blocks[1]
   )
   want = kernels.kernel_matrix(
     jnp.asarray(x, jnp.float32), x, kernel, h
@@ -102,7 +102,7 @@ def _naive_row(q, keys, kernel, h):
   return np.where(c == 0, 1.0, p).sum()
 
 
-def test_gaussian_matches_scikit_learn_kernel_density():
+def test_gaussian_matches_scikit_learn_kernel_density(mesh):
   keys = _data(500, 8, seed=3).astype(np.float64)
   queries = _data(120, 8, seed=4).astype(np.float64)
   h = kernels.default_bandwidth(keys, "gaussian")
@@ -111,7 +111,7 @@ def test_gaussian_matches_scikit_learn_kernel_density():
   # KernelDensity normalises: density = sum / (N (2 pi h^2)^(d/2)).
   d = keys.shape[1]
   want = np.exp(log_density) * len(keys) * (2 * math.pi * h * h) ** (d / 2)
-  got = exact.kernel_sums(queries, keys, "gaussian", h, key_block=96)
+  got = exact.kernel_sums(queries, keys, "gaussian", h, mesh=mesh, key_block=96)
   np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5)
 
 
@@ -131,30 +131,31 @@ def test_same_result_on_one_and_eight_devices(kernel):
   np.testing.assert_array_equal(results[0], results[1])
 
 
-def test_model_axis_mesh_and_default_mesh():
+def test_model_axis_mesh_matches_data_only_mesh(mesh):
   x = _data(333, 8, seed=6)
   h = kernels.default_bandwidth(x, "gaussian")
-  want = np.asarray(exact.kernel_sums(x, x, "gaussian", h))
-  mesh = sharding.make_mesh(model_parallelism=2)
-  got = exact.kernel_sums(x, x, "gaussian", h, mesh=mesh, query_block=32)
+  want = np.asarray(exact.kernel_sums(x, x, "gaussian", h, mesh=mesh))
+  model_mesh = sharding.make_mesh(model_parallelism=2)
+  got = exact.kernel_sums(x, x, "gaussian", h, mesh=model_mesh, query_block=32)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
 
 
-def test_streaming_key_chunks_add_up():
+def test_streaming_key_chunks_add_up(mesh):
   x = _data(900, 8, seed=7)
   h = kernels.default_bandwidth(x, "laplacian")
-  whole = exact.kernel_sums(x, x, "laplacian", h, key_block=128)
+  whole = exact.kernel_sums(x, x, "laplacian", h, mesh=mesh, key_block=128)
   total = jnp.zeros(len(x))
   for start in range(0, len(x), 250):  # chunks of 250, last one 150
-    total += exact.kernel_sums(x, x[start : start + 250], "laplacian", h)
+    chunk = x[start : start + 250]
+    total += exact.kernel_sums(x, chunk, "laplacian", h, mesh=mesh)
   np.testing.assert_allclose(np.asarray(total), np.asarray(whole), rtol=1e-6)
 
 
-def test_empty_inputs():
+def test_empty_inputs(mesh):
   x = _data(10, 4)
-  assert exact.kernel_sums(x[:0], x, "gaussian", 1.0).shape == (0,)
+  assert exact.kernel_sums(x[:0], x, "gaussian", 1.0, mesh=mesh).shape == (0,)
   np.testing.assert_array_equal(
-    exact.kernel_sums(x, x[:0], "gaussian", 1.0), np.zeros(10)
+    exact.kernel_sums(x, x[:0], "gaussian", 1.0, mesh=mesh), np.zeros(10)
   )
 
 
@@ -169,7 +170,7 @@ def test_empty_inputs():
     (np.ones((4, 3)), np.ones((4, 3)), {"bandwidth": 0.0}, "bandwidth"),
   ],
 )
-def test_bad_input_raises(queries, keys, kwargs, match):
+def test_bad_input_raises(queries, keys, kwargs, match, mesh):
   args = {"kernel": "gaussian", "bandwidth": 1.0} | kwargs
   with pytest.raises(ValueError, match=match):
-    exact.kernel_sums(queries, keys, **args)
+    exact.kernel_sums(queries, keys, mesh=mesh, **args)

@@ -21,10 +21,12 @@ def _clustered(n=_N, d=_D, seed=0):
 
 
 @pytest.fixture(scope="module")
-def data():
+def data(mesh):
   x = _clustered()
   width = kernels.default_bandwidth(x, "lsh")
-  truth = np.asarray(exact.kernel_sums(x, x, "lsh", width), np.float64)
+  truth = np.asarray(
+    exact.kernel_sums(x, x, "lsh", width, mesh=mesh), np.float64
+  )
   return x, width, truth
 
 
@@ -37,16 +39,18 @@ def _row_estimates(s, x):
   return (hits - q * sketch.num_examples(s)) / (1.0 - q)
 
 
-def test_scores_are_unbiased_for_the_collision_kernel_sum(data):
+def test_scores_are_unbiased_for_the_collision_kernel_sum(data, mesh):
   x, width, truth = data
   # Few buckets, so the bucket-collision correction (N/B ~ 8) matters.
   per_row = []
   for seed in range(4):
     s = sketch.init(_D, width, rows=1000, buckets=256, seed=seed)
-    s = sketch.add(s, x, block=_BLOCK)
+    s = sketch.add(s, x, mesh=mesh, block=_BLOCK)
     rows = _row_estimates(s, x)
     np.testing.assert_allclose(
-      rows.mean(1), np.asarray(sketch.scores(s, x, block=_BLOCK)), rtol=1e-5
+      rows.mean(1),
+      np.asarray(sketch.scores(s, x, mesh=mesh, block=_BLOCK)),
+      rtol=1e-5,
     )
     per_row.append(rows)
   per_row = np.concatenate(per_row, axis=1)  # [n, 4000] independent rows
@@ -61,8 +65,8 @@ def test_scores_are_unbiased_for_the_collision_kernel_sum(data):
   assert np.abs(z).max() < 5.0
   assert np.abs(rel).max() < 0.05
   # Without the correction the bias is visible: about +N/B.
-  raw = sketch.scores(s, x, debias=False, block=_BLOCK)
-  debiased = sketch.scores(s, x, block=_BLOCK)
+  raw = sketch.scores(s, x, debias=False, mesh=mesh, block=_BLOCK)
+  debiased = sketch.scores(s, x, mesh=mesh, block=_BLOCK)
   raw, debiased = np.asarray(raw, np.float64), np.asarray(debiased, np.float64)
   assert np.all(raw > debiased)
   np.testing.assert_allclose(
@@ -70,15 +74,16 @@ def test_scores_are_unbiased_for_the_collision_kernel_sum(data):
   )
 
 
-def test_error_shrinks_as_one_over_sqrt_rows(data):
+def test_error_shrinks_as_one_over_sqrt_rows(data, mesh):
   x, width, truth = data
 
   def rms_rel_error(rows):
     errs = []
     for seed in range(3):
       s = sketch.init(_D, width, rows=rows, buckets=4096, seed=10 + seed)
-      s = sketch.add(s, x, block=_BLOCK)
-      est = np.asarray(sketch.scores(s, x, block=_BLOCK), np.float64)
+      s = sketch.add(s, x, mesh=mesh, block=_BLOCK)
+      est = sketch.scores(s, x, mesh=mesh, block=_BLOCK)
+      est = np.asarray(est, np.float64)
       errs.append(np.mean(((est - truth) / truth) ** 2))
     return np.sqrt(np.mean(errs))
 
@@ -88,10 +93,13 @@ def test_error_shrinks_as_one_over_sqrt_rows(data):
   assert 2.5 < small / large < 6.0
 
 
-def test_merge_and_chunks_equal_whole(data):
+def test_merge_and_chunks_equal_whole(data, mesh):
   x, width, _ = data
   empty = sketch.init(_D, width, rows=64, buckets=512, seed=3)
-  add = lambda s, chunk: sketch.add(s, chunk, block=_BLOCK)  # noqa: E731
+
+  def add(s, chunk):
+    return sketch.add(s, chunk, mesh=mesh, block=_BLOCK)
+
   whole = add(empty, x)
   halves = sketch.merge(add(empty, x[:777]), add(empty, x[777:]))
   chained = add(add(empty, x[:1500]), x[1500:])
@@ -165,13 +173,13 @@ def test_init_rejects_bad_sizes(kwargs, match):
     sketch.init(**args)
 
 
-def test_bad_embeddings_raise():
+def test_bad_embeddings_raise(mesh):
   s = sketch.init(4, 1.0, rows=4, buckets=16)
   with pytest.raises(ValueError, match=r"\[n, 4\]"):
-    sketch.add(s, np.ones((3, 5), np.float32))
+    sketch.add(s, np.ones((3, 5), np.float32), mesh=mesh)
   bad = np.ones((3, 4), np.float32)
   bad[2, 1] = np.nan
   with pytest.raises(ValueError, match="row 2"):
-    sketch.scores(s, bad)
-  assert sketch.add(s, np.ones((0, 4))) is s
-  assert sketch.scores(s, jnp.ones((0, 4))).shape == (0,)
+    sketch.scores(s, bad, mesh=mesh)
+  assert sketch.add(s, np.ones((0, 4)), mesh=mesh) is s
+  assert sketch.scores(s, jnp.ones((0, 4)), mesh=mesh).shape == (0,)
