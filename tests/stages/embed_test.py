@@ -12,7 +12,9 @@ from data_efficient.io import embeddings
 from data_efficient.models import checkpoints, t5, tokenizer
 from data_efficient.stages import embed, engine
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "testdata", "sentence_t5")
+FIXTURE = os.path.join(
+  os.path.dirname(__file__), os.pardir, "testdata", "sentence_t5"
+)
 PACKING = engine.PackingConfig(
   max_length=64, max_segments=4, bucket_step=16, tokens_per_batch=512
 )

@@ -17,7 +17,7 @@ MAX_TOKENS = 64
 PACKING = engine.PackingConfig(
   max_length=64, max_segments=4, bucket_step=32, tokens_per_batch=512
 )
-TESTDATA = pathlib.Path(__file__).resolve().parent / "testdata"
+TESTDATA = pathlib.Path(__file__).resolve().parents[1] / "testdata"
 
 
 @pytest.fixture(scope="module")
