@@ -7,6 +7,8 @@ host tokenisation keeps far ahead of the device.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from collections.abc import Sequence
 
@@ -40,6 +42,11 @@ class Tokenizer:
       ) from e
     self.num_threads = num_threads or os.cpu_count() or 1
 
+  @functools.cached_property
+  def sha256(self) -> str:
+    """SHA-256 of the `.model` file (recorded in manifests)."""
+    return file_sha256(self.path)
+
   @property
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()
@@ -64,6 +71,13 @@ class Tokenizer:
 
   def pieces(self, text: str) -> list[str]:
     return self._sp.encode(text, out_type=str)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  """Hex SHA-256 of the file `path` (local or gs://)."""
+  from data_efficient.models.checkpoints import paths
+
+  return hashlib.sha256(paths.read_bytes(path)).hexdigest()
 
 
 def train_vocab(

@@ -79,8 +79,10 @@ class WordPieceTokenizer:
         f"max_length={self.max_length}: must leave room for [CLS] and [SEP]."
       )
     if (folder / "tokenizer.json").is_file():
-      tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+      self.file = folder / "tokenizer.json"
+      tok = tokenizers.Tokenizer.from_file(str(self.file))
     elif (folder / "vocab.txt").is_file():
+      self.file = folder / "vocab.txt"
       config = _read_json(folder / "tokenizer_config.json")
       tok = tokenizers.implementations.BertWordPieceTokenizer(
         str(folder / "vocab.txt"),
@@ -117,6 +119,13 @@ class WordPieceTokenizer:
       raise ValueError(
         f"{folder}: the tokenizer does not wrap texts in {CLS} ... {SEP}."
       )
+
+  @property
+  def sha256(self) -> str:
+    """SHA-256 of the tokenizer file read (recorded in manifests)."""
+    from data_efficient.models import tokenizer
+
+    return tokenizer.file_sha256(self.file)
 
   @property
   def vocab_size(self) -> int:

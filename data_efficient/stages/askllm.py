@@ -182,7 +182,6 @@ class AskLLMStage:
     check_vocab_fits(tokenizer.vocab_size, config.vocab_size, tokenizer.path)
     self.config = config
     self.tokenizer = tokenizer
-    self.tokenizer_path = tokenizer.path
     self.max_length = max_length
     self.yes_id, self.no_id = answer_ids(tokenizer)
     self.step = make_score_fn(config, self.yes_id, self.no_id)

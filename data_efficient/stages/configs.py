@@ -156,7 +156,9 @@ class ModelConfig:
     "directory, local or gs://. Required except for the random tiny models.",
   )
   vocab: str | None = setting(
-    None, "SentencePiece model (default: T5's cc_all.32000.100extra)."
+    None,
+    "SentencePiece model. Default: the checkpoint folder's spiece.model "
+    "(Hugging Face T5 folders carry one), else T5's cc_all.32000.100extra.",
   )
   dtype: str = setting("float32", choices=DTYPES)
   model_parallelism: int = setting(

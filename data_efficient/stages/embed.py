@@ -14,7 +14,7 @@ import numpy as np
 
 from data_efficient.io import embeddings
 from data_efficient.io.embeddings import EMBEDDING_COLUMN
-from data_efficient.models import t5
+from data_efficient.models import t5, wordpiece
 from data_efficient.models.tokenizer import Tokenizer, check_vocab_fits
 from data_efficient.stages import configs, engine
 
@@ -38,7 +38,7 @@ class EmbedStage:
     *,
     max_length: int,
     dim: int,
-    tokenizer_path: str,
+    tokenizer: Tokenizer | wordpiece.WordPieceTokenizer,
     storage_dtype: str = "float32",
   ):
     """Builds the stage.
@@ -48,13 +48,14 @@ class EmbedStage:
       encode: texts -> (final token ids per text, truncated flags).
       max_length: Most token ids of one text (the packing row cap).
       dim: Embedding width.
-      tokenizer_path: Recorded in manifests.
+      tokenizer: The tokenizer `encode` uses (its file is recorded in
+        manifests).
       storage_dtype: 'float32' or 'float16' on disk.
     """
     self.encode = encode
     self.max_length = max_length
     self.dim = dim
-    self.tokenizer_path = str(tokenizer_path)
+    self.tokenizer = tokenizer
     self.storage_dtype = np.dtype(storage_dtype)
 
     def step(params, tokens, segment_ids, num_segments: int):
@@ -118,7 +119,7 @@ def sentence_t5_stage(
     encode,
     max_length=max_length,
     dim=config.projection_dim,
-    tokenizer_path=tokenizer.path,
+    tokenizer=tokenizer,
     storage_dtype=storage_dtype,
   )
 
@@ -140,7 +141,7 @@ def bert_stage(config, tokenizer, storage_dtype: str = "float32") -> EmbedStage:
     encode,
     max_length=tokenizer.max_length,
     dim=config.emb_dim,
-    tokenizer_path=tokenizer.path,
+    tokenizer=tokenizer,
     storage_dtype=storage_dtype,
   )
 

@@ -478,7 +478,8 @@ def run_model_stage(
 
   Args:
     settings: The stage's config.
-    stage: The stage's host and device functions.
+    stage: The stage's host and device functions, and its `tokenizer`
+      (path and SHA-256 recorded).
     model_config: The network's config (recorded in the manifest).
     load_params: Reads the weights for a mesh.
     abstract: The model's boxed abstract parameter tree (logical axes),
@@ -502,7 +503,7 @@ def run_model_stage(
     run_config,
     model=model.model,
     checkpoint=model.checkpoint,
-    vocab=stage.tokenizer_path,
+    vocab=str(stage.tokenizer.path),
     dtype=model.dtype,
     max_length=stage.max_length,
     corpus=corpus.describe(),
@@ -514,6 +515,10 @@ def run_model_stage(
     provenance,
     model_config=dataclasses.asdict(model_config),
     random_weights=model.checkpoint is None,
+    vocabulary={
+      "path": str(stage.tokenizer.path),
+      "sha256": stage.tokenizer.sha256,
+    },
   )
   out = driver.StageOutput(
     output_dir=run.output,
@@ -534,10 +539,14 @@ def run_model_stage(
 
 
 def tokenizer_for(model: configs.ModelConfig):
-  """The SentencePiece tokenizer of a model stage (`vocab` or T5's)."""
-  from data_efficient.models import tokenizer
+  """The SentencePiece tokenizer of a model stage: `vocab` if given, else
+  the checkpoint folder's own (`spiece.model`), else T5's."""
+  from data_efficient.models import checkpoints, tokenizer
 
-  return tokenizer.Tokenizer(model.vocab or tokenizer.DEFAULT_VOCAB)
+  path = model.vocab
+  if path is None and model.checkpoint is not None:
+    path = checkpoints.vocab_file(model.checkpoint)
+  return tokenizer.Tokenizer(path or tokenizer.DEFAULT_VOCAB)
 
 
 def run_t5_stage(

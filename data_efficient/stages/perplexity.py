@@ -272,7 +272,6 @@ class PerplexityStage:
     check_vocab_fits(tokenizer.vocab_size, config.vocab_size, tokenizer.path)
     self.config = config
     self.tokenizer = tokenizer
-    self.tokenizer_path = tokenizer.path
     self.max_tokens = max_tokens
     # Row cap of the packing: the longer side of the split plus its EOS.
     longest = max_tokens - max_tokens // 2 + 1

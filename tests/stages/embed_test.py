@@ -1,6 +1,8 @@
 """Tests of the Sentence-T5 embedding stage, through the runner and the CLI."""
 
+import hashlib
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 from text_fixtures import synthetic_texts
 
 from data_efficient import cli, sharding
-from data_efficient.io import embeddings
+from data_efficient.io import embeddings, results
 from data_efficient.models import checkpoints, t5, tokenizer
 from data_efficient.stages import embed, engine
 
@@ -114,6 +116,29 @@ def test_embed_cli_writes_vectors_next_to_ids(tmp_path, small_vocab, storage):
     1.0,
     atol=1e-3 if storage == "float16" else 1e-5,
   )
+
+
+def test_a_checkpoint_folders_own_vocabulary_is_used_without_vocab(
+  tmp_path, small_vocab
+):
+  """A folder carrying spiece.model (as sentence-transformers/sentence-t5-*
+  and google/flan-t5-* do) is embedded with it; the manifest says so."""
+  folder = tmp_path / "st5"
+  shutil.copytree(FIXTURE, folder)
+  shutil.copy(small_vocab, folder / checkpoints.VOCAB_FILE)
+  corpus = tmp_path / "c.txt"
+  corpus.write_text("\n".join(synthetic_texts(5, seed=8)) + "\n")
+  args = [
+      "embed", "--input", str(corpus), "--output", str(tmp_path / "emb"),
+      "--checkpoint", str(folder), "--max_length", "64", "--no_progress",
+  ]  # fmt: skip
+  assert cli.main(args) == 0
+  manifest = results.read_manifest(tmp_path / "emb")
+  vocab = str(folder / checkpoints.VOCAB_FILE)
+  assert manifest["run_config"]["vocab"] == vocab
+  digest = hashlib.sha256(open(small_vocab, "rb").read()).hexdigest()
+  assert manifest["vocabulary"] == {"path": vocab, "sha256": digest}
+  assert cli.main(args) == 0  # the same run: complete, not refused
 
 
 def test_npy_embeddings_are_read_with_row_ids(tmp_path):

@@ -4,6 +4,7 @@
   load_params(path, config)        its parameters, in host memory or, with
                                    `mesh=`, restored sharded onto a mesh
   config_from_checkpoint(path)     the T5Config it carries
+  vocab_file(path)                 the SentencePiece model it carries, if any
   convert(src, dst)                any format -> our Orbax format
 
 `load_params` returns the structure of `nn.unbox(t5.abstract_params(config))`
@@ -47,7 +48,12 @@ __all__ = [
   "convert",
   "detect_format",
   "load_params",
+  "vocab_file",
 ]
+
+# The SentencePiece model a Hugging Face T5 folder carries (google/flan-t5-*,
+# sentence-transformers/sentence-t5-*, t5-*).
+VOCAB_FILE = "spiece.model"
 
 # Formats read through TensorStore/Orbax, which open gs:// themselves.
 _REMOTE_FORMATS = ("t5x_legacy", *formats.ORBAX_FORMATS)
@@ -129,6 +135,13 @@ def config_from_checkpoint(path: str | os.PathLike) -> t5.T5Config:
   return hf.config_from_hf(path)
 
 
+def vocab_file(path: str | os.PathLike) -> str | None:
+  """The SentencePiece model in checkpoint folder `path` (`VOCAB_FILE`), or
+  None if the folder carries none (T5X checkpoints do not)."""
+  file = paths.join(os.fspath(path), VOCAB_FILE)
+  return file if paths.exists(file) else None
+
+
 def convert(
   src: str | os.PathLike,
   dst: str | os.PathLike,
@@ -141,7 +154,8 @@ def convert(
   Reads `src` with `load_params` (T5X legacy or Orbax, Hugging Face
   safetensors or Flax msgpack, sentence-transformers, or a converted
   checkpoint) and writes `dst/params` (Orbax, OCDBT) and then
-  `dst/data_efficient_config.json` (the T5Config and provenance).
+  `dst/data_efficient_config.json` (the T5Config and provenance), and
+  copies the folder's `spiece.model`, if any (`vocab_file`).
 
   Args:
     src: Checkpoint directory of any supported format.
@@ -184,4 +198,7 @@ def convert(
   orbax.write_params(
     dst, params, config, dtype=dtype, source={"path": source, "format": fmt}
   )
+  vocab = vocab_file(src)
+  if vocab is not None:  # the converted checkpoint keeps its vocabulary
+    paths.write_bytes(paths.join(dst, VOCAB_FILE), paths.read_bytes(vocab))
   return config

@@ -200,6 +200,7 @@ def _write_source(fmt: str, folder: pathlib.Path) -> tuple[str, t5.T5Config]:
 )
 def test_convert_round_trips_every_format(fmt, tmp_path):
   src, config = _write_source(fmt, tmp_path / "src")
+  (pathlib.Path(src) / checkpoints.VOCAB_FILE).write_bytes(b"sentencepiece")
   assert checkpoints.detect_format(src) == fmt
   want = checkpoints.load_params(src, config)
   # T5X checkpoints carry no config: the model must be named.
@@ -213,6 +214,9 @@ def test_convert_round_trips_every_format(fmt, tmp_path):
   again = tmp_path / "again"
   checkpoints.convert(dst, again)
   assert_trees_equal(checkpoints.load_params(again, config), want)
+  # Both keep the folder's vocabulary.
+  assert checkpoints.vocab_file(again) == f"{again}/{checkpoints.VOCAB_FILE}"
+  assert (again / checkpoints.VOCAB_FILE).read_bytes() == b"sentencepiece"
 
 
 def test_convert_stores_requested_dtype(tmp_path):
