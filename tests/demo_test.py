@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from data_efficient import demo
+from data_efficient import cli, demo
 from data_efficient.demo import corpus as demo_corpus
 from data_efficient.io import results
 from data_efficient.stages import configs
@@ -31,7 +31,7 @@ def test_corpus_has_every_source_and_never_unpickles(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_demo_runs_every_stage_and_resumes(tmp_path):
+def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
   pytest.importorskip("gensim")
   out = str(tmp_path / "demo")
   summary = demo.run(
@@ -51,7 +51,17 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     s: results.read_results(os.path.join(out, "selection", s)).to_pylist()
     for s in demo.SAMPLERS
   }
-  demo.run(configs.DemoConfig(output=out, per_source=12, progress=False))
+  # ... through the CLI, which prints the shares table and the report.
+  assert cli.main(["demo", "--output", out, "--per_source", "12",
+                   "--no_progress"]) == 0  # fmt: skip
+  printed = capsys.readouterr().out
+  names = ["corpus", *demo.SAMPLERS, "density-ips-sketch"]
+  header, *rows = printed.splitlines()[1 : 2 + len(names)]
+  assert header.split() == [*summary["source_shares"]["corpus"], "from", "even"]
+  assert [row.split()[0] for row in rows] == names
+  assert f"report: {summary['report']}" in printed
+  with open(os.path.join(out, demo.SUMMARY_FILE)) as f:
+    assert json.load(f) == summary
   for s in demo.SAMPLERS:
     after = results.read_results(os.path.join(out, "selection", s)).to_pylist()
     assert after == before[s]

@@ -1,6 +1,7 @@
 """`data-efficient cluster`: SemDeDup or SSL-prototype scores."""
 
 from data_efficient.cli import summary
+from data_efficient.stages import configs
 from data_efficient.stages.configs import ClusterConfig as CONFIG
 
 NAME = "cluster"
@@ -17,15 +18,27 @@ DESCRIPTION = (
 )
 
 
-def run(config: CONFIG) -> int:
+def run(config: CONFIG) -> summary.Summary:
   from data_efficient.stages import cluster
 
   manifest = cluster.cluster(config)
   clustering = manifest["clustering"]
-  out = {"output": config.output, "rows": manifest["num_rows"]}
-  out.update({k: clustering[k] for k in ("empty_clusters", "cluster_size")})
-  if config.method == "semdedup":
-    out.update(
-      num_kept=clustering["num_kept"], num_removed=clustering["num_removed"]
+  keys = ["empty_clusters", "cluster_size"]
+  if config.method == configs.SEMDEDUP:
+    keys += ["num_kept", "num_removed"]
+  data = summary.reduction(
+    config.method, manifest, config.output, **{k: clustering[k] for k in keys}
+  )
+  lines = summary.reduction_lines(data)
+  lines.append(f"empty clusters: {data['empty_clusters']}")
+  if config.method == configs.SEMDEDUP:
+    lines.append(
+      f"near-duplicates: {data['num_removed']:,} removed, "
+      f"{data['num_kept']:,} kept (--eps {config.eps})"
     )
-  return summary.print_json(out)
+  return summary.Summary(
+    data,
+    lines,
+    f"data-efficient select --scores {config.output} --sampler "
+    f"{config.method} --rate 0.2 --output SELECTION_DIR",
+  )

@@ -1,5 +1,6 @@
 """`data-efficient convert`: any supported checkpoint -> Orbax."""
 
+from data_efficient.cli import summary
 from data_efficient.stages.configs import ConvertConfig as CONFIG
 
 NAME = "convert"
@@ -12,11 +13,21 @@ DESCRIPTION = (
 )
 
 
-def run(config: CONFIG) -> int:
+def run(config: CONFIG) -> summary.Summary:
+  import dataclasses
+
   from data_efficient.models import checkpoints
 
   model_config = checkpoints.convert(
     config.checkpoint, config.output, model=config.model, dtype=config.dtype
   )
-  print(f"wrote {config.output} ({model_config})")
-  return 0
+  return summary.Summary(
+    {
+      "output": config.output,
+      "model_config": dataclasses.asdict(model_config),
+      "vocab": checkpoints.vocab_file(config.output),
+    },
+    [f"convert: {config.checkpoint} -> {config.output} ({model_config})"],
+    f"data-efficient score --checkpoint {config.output} --input CORPUS "
+    "--output SCORES_DIR",
+  )

@@ -17,14 +17,15 @@ def adjust(args) -> None:
     args.kernel = "lsh"
 
 
-def run(config: CONFIG) -> int:
+def run(config: CONFIG) -> summary.Summary:
   from data_efficient.stages import density
 
   manifest = density.density(config)
-  return summary.print_json(
-    {
-      "output": config.output,
-      "rows": manifest["num_rows"],
-      "bandwidth": manifest["run_config"]["bandwidth"],
-    }
+  bandwidth = manifest["run_config"]["bandwidth"]
+  data = summary.reduction(NAME, manifest, config.output, bandwidth=bandwidth)
+  return summary.Summary(
+    data,
+    [*summary.reduction_lines(data), f"bandwidth: {bandwidth:.4g}"],
+    f"data-efficient select --scores {config.output} --sampler density-ips "
+    "--rate 0.2 --output SELECTION_DIR",
   )

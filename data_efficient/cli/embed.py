@@ -11,7 +11,13 @@ DESCRIPTION = (
 )
 
 
-def run(config: CONFIG) -> int:
+def run(config: CONFIG) -> summary.Summary:
   from data_efficient.stages import embed
 
-  return summary.print_model_stage(embed.embed(config))
+  out = config.run.output
+  return summary.model_stage(
+    NAME,
+    out,
+    embed.embed(config),
+    f"data-efficient density --embeddings {out} --output DENSITY_DIR",
+  )

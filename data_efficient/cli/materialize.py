@@ -1,5 +1,6 @@
 """`data-efficient materialize`: a selection's examples as TFRecords (Beam)."""
 
+from data_efficient.cli import summary
 from data_efficient.stages.configs import MaterializeConfig as CONFIG
 
 NAME = "materialize"
@@ -11,9 +12,8 @@ DESCRIPTION = (
 PASSES_UNKNOWN_FLAGS = True
 
 
-def run(config: CONFIG, pipeline_args=()) -> int:
+def run(config: CONFIG, pipeline_args=()) -> summary.Summary:
   import dataclasses
-  import json
   import logging
 
   from data_efficient.pretraining import materialize
@@ -21,5 +21,15 @@ def run(config: CONFIG, pipeline_args=()) -> int:
   logging.basicConfig(level=logging.INFO)
   config = dataclasses.replace(config, pipeline_args=tuple(pipeline_args))
   manifest = materialize.run(config)
-  print(json.dumps(manifest["splits"], indent=2, sort_keys=True))
-  return 0
+  splits = manifest["splits"]
+  lines = [f"materialize: -> {config.output}"]
+  lines += [
+    f"{name}: {split['num_examples']:,} examples ({split['file_pattern']})"
+    for name, split in sorted(splits.items())
+  ]
+  lines.append(f"ids not found in the corpus: {manifest['missing_ids']:,}")
+  return summary.Summary(
+    {"output": config.output, "splits": splits},
+    lines,
+    "register the SeqIO task over it and train with T5X: docs/pretraining.md",
+  )

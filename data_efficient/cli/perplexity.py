@@ -12,7 +12,14 @@ DESCRIPTION = (
 )
 
 
-def run(config: CONFIG) -> int:
+def run(config: CONFIG) -> summary.Summary:
   from data_efficient.stages import perplexity
 
-  return summary.print_model_stage(perplexity.perplexity(config))
+  out = config.run.output
+  return summary.model_stage(
+    NAME,
+    out,
+    perplexity.perplexity(config),
+    f"data-efficient select --scores {out} --sampler perplexity --rate 0.2 "
+    "--output SELECTION_DIR",
+  )

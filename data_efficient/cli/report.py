@@ -1,14 +1,18 @@
 """`data-efficient report`: one self-contained HTML page."""
 
+from data_efficient.cli import summary
 from data_efficient.stages.configs import ReportConfig as CONFIG
 
 NAME = "report"
 HELP = "One self-contained HTML page: scores, examples, selections."
 
 
-def run(config: CONFIG) -> int:
+def run(config: CONFIG) -> summary.Summary:
   from data_efficient import report
 
   report.report(config)
-  print(f"wrote {config.output}")
-  return 0
+  return summary.Summary(
+    {"output": config.output},
+    [f"report: {config.output}"],
+    f"open {config.output} in a browser",
+  )

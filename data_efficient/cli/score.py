@@ -11,7 +11,14 @@ DESCRIPTION = (
 )
 
 
-def run(config: CONFIG) -> int:
+def run(config: CONFIG) -> summary.Summary:
   from data_efficient.stages import askllm
 
-  return summary.print_model_stage(askllm.score(config))
+  out = config.run.output
+  return summary.model_stage(
+    NAME,
+    out,
+    askllm.score(config),
+    f"data-efficient select --scores {out} --sampler askllm-topk --rate 0.2 "
+    "--output SELECTION_DIR",
+  )

@@ -11,8 +11,23 @@ DESCRIPTION = (
 )
 
 
-def run(config: CONFIG) -> int:
+def run(config: CONFIG) -> summary.Summary:
   from data_efficient.stages import select
 
   manifest = select.select(config)
-  return summary.print_json({"output": config.output, **manifest["counts"]})
+  counts = manifest["counts"]
+  kept, n = counts["num_selected"], counts["num_examples"]
+  lines = [
+    f"select: {kept:,} of {n:,} examples ({kept / max(n, 1):.1%}) by "
+    f"{config.sampler} -> {config.output}",
+    f"left out: {counts['num_excluded']:,} rows with problems "
+    f"({', '.join(config.exclude_problems) or 'none excluded'})",
+  ]
+  corpus = (manifest.get("corpus") or {}).get("spec", "CORPUS")
+  return summary.Summary(
+    {"stage": NAME, "output": config.output, **counts},
+    lines,
+    f"data-efficient materialize --selection {config.output} --input "
+    f"{corpus} --output TFRECORDS_DIR (or the SeqIO task: "
+    "docs/pretraining.md)",
+  )

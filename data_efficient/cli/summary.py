@@ -1,29 +1,103 @@
-"""What a finished stage prints: a JSON summary on stdout."""
+"""What a finished command prints: a short summary for people, or with
+`--json` the machine-readable one.
+
+Every subcommand's `run` returns a `Summary`; `cli.main` prints one form.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
-def print_json(summary: Any) -> int:
-  """Prints `summary` as indented JSON; exit code 0."""
-  print(json.dumps(summary, indent=2))
-  return 0
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """The end of a command.
+
+  Attributes:
+    data: The machine-readable summary (`--json`).
+    lines: The human summary: what was written, where, how fast.
+    next: The command to run next, if there is an obvious one.
+  """
+
+  data: Mapping[str, Any]
+  lines: Sequence[str] = ()
+  next: str | None = None
+
+  def text(self) -> str:
+    """The human form."""
+    lines = list(self.lines)
+    if self.next:
+      lines.append(f"next: {self.next}")
+    return "\n".join(lines)
+
+  def json(self) -> str:
+    """The machine-readable form: indented JSON."""
+    return json.dumps(self.data, indent=2)
 
 
-def print_model_stage(manifest: dict) -> int:
-  """The end-of-run summary of a model stage (process 0 only)."""
-  if "num_rows" not in manifest:
-    return 0
+def problems(counts: Mapping[str, int]) -> str:
+  """'problems: none', or each problem with its row count."""
+  if not counts:
+    return "problems: none"
+  return "problems: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def reduction(stage: str, manifest: Mapping, output: str, **data) -> dict:
+  """The JSON summary of a reduction (density, cluster): rows, problems,
+  seconds and `data`."""
+  return {
+    "stage": stage,
+    "output": output,
+    "rows": manifest["num_rows"],
+    "problems": manifest.get("problems", {}),
+    "seconds": manifest.get("seconds"),
+    **data,
+  }
+
+
+def reduction_lines(data: Mapping) -> list[str]:
+  """The human lines of a `reduction` summary."""
+  seconds = data["seconds"]
+  rate = f", {data['rows'] / max(seconds, 1e-9):,.0f} rows/s" if seconds else ""
+  return [
+    f"{data['stage']}: {data['rows']:,} rows -> {data['output']}{rate}",
+    problems(data["problems"]),
+  ]
+
+
+def model_stage(stage: str, output: str, manifest: Mapping, next_: str):
+  """The summary of a model stage (score, embed, perplexity)."""
+  if "num_rows" not in manifest:  # another process than 0
+    rows = manifest["rows"]
+    index = manifest["process_index"]
+    return Summary(
+      dict(manifest),
+      [
+        f"process {index}: {rows:,} rows -> {output} (process 0 writes the "
+        "manifest)"
+      ],  # fmt: skip
+    )
   stats = [p["stats"] for p in manifest.get("processes", [])]
-  return print_json(
-    {
-      "rows": manifest["num_rows"],
-      "problems": manifest.get("problems", {}),
-      "docs_per_second": [s["docs_per_second"] for s in stats],
-      "padding_fraction": [s["padding_fraction"] for s in stats],
-      "host_seconds": [round(s["host_seconds"], 2) for s in stats],
-      "device_seconds": [round(s["device_seconds"], 2) for s in stats],
-    }
-  )
+  data = {
+    "stage": stage,
+    "output": output,
+    "rows": manifest["num_rows"],
+    "problems": manifest.get("problems", {}),
+    "vocabulary": manifest.get("vocabulary"),
+    "docs_per_second": [s["docs_per_second"] for s in stats],
+    "padding_fraction": [s["padding_fraction"] for s in stats],
+    "host_seconds": [round(s["host_seconds"], 2) for s in stats],
+    "device_seconds": [round(s["device_seconds"], 2) for s in stats],
+  }
+  lines = [f"{stage}: {data['rows']:,} rows -> {output}"]
+  lines.append(problems(data["problems"]))
+  if stats:
+    rate = sum(data["docs_per_second"])
+    padding = max(data["padding_fraction"])
+    lines.append(f"rate: {rate:,.1f} docs/s, padding {padding:.1%}")
+  if data["vocabulary"]:
+    lines.append(f"vocabulary: {data['vocabulary']['path']}")
+  return Summary(data, lines, next_)

@@ -25,6 +25,7 @@ from data_efficient.demo import corpus as demo_corpus
 from data_efficient.stages import configs
 
 RATE = 0.2
+SUMMARY_FILE = "summary.json"
 SAMPLERS = ("random", "askllm-topk", "density-ips", "askllm-then-ips")
 
 
@@ -43,7 +44,8 @@ def _minilm_available() -> bool:
 
 
 def run(config: configs.DemoConfig) -> dict:
-  """Runs every stage into `config.output`; returns the summary it prints."""
+  """Runs every stage into `config.output`; returns its summary, also
+  written to `config.output`/summary.json."""
   from data_efficient import report
   from data_efficient.models import tokenizer
   from data_efficient.stages import askllm, density, embed, select
@@ -185,10 +187,34 @@ def run(config: configs.DemoConfig) -> dict:
     },
     "seqio": seqio_note,
     "notes": notes,
+    "summary": p(SUMMARY_FILE),
   }
-  print(json.dumps(summary, indent=2))
-  print(f"\nOpen the report: {p('report.html')}")
+  with open(p(SUMMARY_FILE), "w") as f:
+    json.dump(summary, f, indent=2)
   return summary
+
+
+def shares_table(summary: dict) -> str:
+  """The source shares of the corpus and of each selection, as a table (%),
+  with each one's total variation distance from even shares."""
+  shares = summary["source_shares"]
+  sources = list(shares["corpus"])
+  names = ["corpus", *(n for n in shares if n != "corpus")]
+  width = max(map(len, names))
+  cols = [max(len(s), 5) for s in sources]
+  head = [
+    " " * width,
+    *(s.rjust(c) for s, c in zip(sources, cols, strict=True)),
+  ]
+  lines = ["  ".join([*head, "from even"])]
+  for name in names:
+    cells = [
+      f"{100 * shares[name].get(s, 0.0):.1f}".rjust(c)
+      for s, c in zip(sources, cols, strict=True)
+    ]
+    distance = summary["distance_from_even_sources"][name]
+    lines.append("  ".join([name.ljust(width), *cells, f"{distance:9.3f}"]))
+  return "\n".join(lines)
 
 
 def _seqio_task(p, vocab: str) -> str:

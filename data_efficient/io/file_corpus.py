@@ -50,6 +50,8 @@ _MISSING = object()
 # Errors that mean "this file cannot be read any further" (I/O, truncated or
 # corrupt gzip or Zstandard data).
 _READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)
+# `bytes_read` is updated every this many lines (a tell() each).
+_LINES_PER_TELL = 1024
 
 
 def is_remote(path: str) -> bool:
@@ -145,16 +147,26 @@ def join(root: str, rel: str) -> str:
 @contextlib.contextmanager
 def open_binary(path: str) -> Iterator[BinaryIO]:
   """Opens a local or remote file, decompressing .gz and .zst (streamed)."""
+  with _open_stored(path) as (f, _):
+    yield f
+
+
+@contextlib.contextmanager
+def _open_stored(path: str) -> Iterator[tuple[BinaryIO, BinaryIO]]:
+  """(the decompressed stream, the stored file under it) of `path`."""
   with contextlib.ExitStack() as stack:
     if is_remote(path):
-      f = stack.enter_context(gfile().GFile(path, "rb"))
+      stored = stack.enter_context(gfile().GFile(path, "rb"))
     else:
-      f = stack.enter_context(open(path, "rb", buffering=1 << 20))
+      stored = stack.enter_context(open(path, "rb", buffering=1 << 20))
+    f = stored
     if path.endswith(".gz"):
-      f = stack.enter_context(gzip.GzipFile(fileobj=f, mode="rb"))
+      f = stack.enter_context(gzip.GzipFile(fileobj=stored, mode="rb"))
     elif path.endswith(".zst"):
-      f = stack.enter_context(io.BufferedReader(zstd.ZstdReader(f), 1 << 20))
-    yield f
+      f = stack.enter_context(
+        io.BufferedReader(zstd.ZstdReader(stored), 1 << 20)
+      )
+    yield f, stored
 
 
 class FileCorpus(records_lib.Corpus):
@@ -213,20 +225,22 @@ class FileCorpus(records_lib.Corpus):
   def _kind(self) -> str:
     return "files"
 
+  def _file_size(self, rel: str) -> int:
+    """Bytes of corpus file `rel`, as stored."""
+    path = join(self._root, rel)
+    return (
+      gfile().stat(path).length if is_remote(path) else os.path.getsize(path)
+    )
+
   def describe(self) -> dict[str, Any]:
     """Provenance: root, files (relative, sorted) with sizes, and settings."""
-    if is_remote(self._root):
-      size = lambda p: gfile().stat(p).length  # noqa: E731
-      root = self._root
-    else:
-      size = os.path.getsize
-      root = os.path.abspath(self._root)
+    remote = is_remote(self._root)
     return {
       "kind": self._kind(),
       "spec": self._spec,
-      "root": root,
+      "root": self._root if remote else os.path.abspath(self._root),
       "files": list(self._files),
-      "file_sizes": [size(join(self._root, f)) for f in self._files],
+      "file_sizes": [self._file_size(f) for f in self._files],
       "share": self._share,
       **self._options.to_dict(),
     }
@@ -259,6 +273,18 @@ class LinesCorpus(FileCorpus):
   def describe(self) -> dict[str, Any]:
     """Provenance: root, files (relative, sorted) with sizes, and settings."""
     return {**super().describe(), "one_doc_per_file": self._one_doc_per_file}
+
+  def share_bytes(
+    self, process_index: int = 0, process_count: int = 1
+  ) -> int | None:
+    """See `Corpus.share_bytes`: by 'records', every process reads every
+    file."""
+    by_files = self.share_mode(process_count) == "files"
+    return sum(
+      self._file_size(rel)
+      for i, rel in enumerate(self._files)
+      if not by_files or i % process_count == process_index
+    )
 
   def _records(
     self,
@@ -300,13 +326,19 @@ class LinesCorpus(FileCorpus):
     """
     whole_file = self._one_doc_per_file and rel.endswith(TEXT_SUFFIXES)
     line = 0
+    before = self._bytes_read  # of the files read before this one
     try:
-      with open_binary(join(self._root, rel)) as f:
+      with _open_stored(join(self._root, rel)) as (f, stored):
         if whole_file:
-          yield None, f.read()
+          document = f.read()
+          self._bytes_read = before + stored.tell()
+          yield None, document
           return
         for line, raw in enumerate(f, 1):  # noqa: B007
+          if line % _LINES_PER_TELL == 0:
+            self._bytes_read = before + stored.tell()
           yield line, raw
+        self._bytes_read = before + stored.tell()
     except _READ_ERRORS as e:
       yield (None if whole_file else line + 1), e
 

@@ -124,6 +124,7 @@ class Corpus(abc.ABC):
   def __init__(self, options: Options) -> None:
     self._options = options
     self._stats: collections.Counter[str] = collections.Counter()
+    self._bytes_read = 0
 
   @property
   def stats(self) -> collections.Counter[str]:
@@ -134,6 +135,13 @@ class Corpus(abc.ABC):
     Reset when `records()` is called again.
     """
     return self._stats
+
+  @property
+  def bytes_read(self) -> int:
+    """Bytes of the share's files read so far by the latest `records()`
+    iteration (as stored: compressed bytes of .gz and .zst files), for
+    progress against `share_bytes`. Reset when `records()` is called."""
+    return self._bytes_read
 
   @abc.abstractmethod
   def describe(self) -> dict[str, Any]:
@@ -146,6 +154,15 @@ class Corpus(abc.ABC):
     reading them (TFDS split metadata, Parquet footers, Arrow batch
     headers); None otherwise. Progress bars use it for their ETA."""
     del process_index, process_count, block_size
+    return None
+
+  def share_bytes(
+    self, process_index: int = 0, process_count: int = 1
+  ) -> int | None:
+    """Bytes of the files this process reads for its share (as stored), for
+    corpora whose record count is unknown until read (JSON Lines, text);
+    None otherwise. Progress bars measure `bytes_read` against it."""
+    del process_index, process_count
     return None
 
   def records(
@@ -181,6 +198,7 @@ class Corpus(abc.ABC):
     """
     check_share(process_index, process_count, start, block_size)
     self._stats = collections.Counter()
+    self._bytes_read = 0
     checker = RecordChecker(
       self._options, self._stats, ids_are_unique=self._positional_ids()
     )

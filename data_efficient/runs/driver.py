@@ -38,8 +38,53 @@ if TYPE_CHECKING:
 class RecordRunner(Protocol):
   """A stage's loop over records (`stages.engine.Runner`)."""
 
-  def run(self, records, writer, *, chunk_size, total, progress, on_chunk):
-    """Writes the rows of `records` with `writer`; returns run statistics."""
+  def run(self, records, writer, *, chunk_size, progress, on_chunk):
+    """Writes the rows of `records` with `writer` (calling
+    `progress.update` after each write, if given); returns run statistics."""
+
+
+class Progress:
+  """A row-streaming stage's progress bar on stderr, with an ETA: records
+  against the share's record count where the corpus knows it (Parquet,
+  Arrow, TFDS, or a `limit`), else the bytes of its files read against their
+  size (JSON Lines and text, compressed or not)."""
+
+  def __init__(
+    self,
+    corpus: corpus_lib.Corpus,
+    total: int | None,
+    initial: int,
+    process_index: int,
+    process_count: int,
+  ):
+    import tqdm  # Only stages with progress on show it.
+
+    self._corpus = corpus
+    self._records = initial
+    size = None
+    if total is None:
+      size = corpus.share_bytes(process_index, process_count)
+    self._by_bytes = size is not None
+    common = {"file": sys.stderr, "dynamic_ncols": True, "smoothing": 0.1}
+    if self._by_bytes:
+      self._bar = tqdm.tqdm(
+        total=size, unit="B", unit_scale=True, unit_divisor=1024, **common
+      )
+    else:
+      self._bar = tqdm.tqdm(total=total, initial=initial, unit="doc", **common)
+
+  def update(self, records: int, postfix: str) -> None:
+    """After `records` more records were written; `postfix` ends the bar."""
+    self._records += records
+    if self._by_bytes:
+      self._bar.update(self._corpus.bytes_read - self._bar.n)
+      postfix = f"docs={self._records} {postfix}"
+    else:
+      self._bar.update(records)
+    self._bar.set_postfix_str(postfix, refresh=False)
+
+  def close(self) -> None:
+    self._bar.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +150,18 @@ def run_stage(
       f"[process {index}] resuming after {start} rows already written.",
       file=sys.stderr,
     )
+  progress = None
+  if out.progress and index == 0:
+    progress = Progress(corpus, total, start, index, count)
   stats = runner.run(
     records,
     writer,
     chunk_size=out.chunk_size,
-    total=total,
-    progress=out.progress and index == 0,
+    progress=progress,
     on_chunk=on_chunk,
   )
+  if progress is not None:
+    progress.close()
   rows = writer.close()
   # Statistics of this session only (a resumed run reports what it redid).
   results.write_json(

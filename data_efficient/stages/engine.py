@@ -314,8 +314,7 @@ class Runner:
     writer: results.ResultWriter,
     *,
     chunk_size: int,
-    total: int | None = None,
-    progress: bool = True,
+    progress: driver.Progress | None = None,
     on_chunk: Callable[[RunStats], None] | None = None,
   ) -> RunStats:
     """Scores `records` (already positioned after `writer.rows_done`).
@@ -324,13 +323,11 @@ class Runner:
       records: This process's record stream, starting at the resume point.
       writer: Where rows go, one write per chunk.
       chunk_size: Records per chunk.
-      total: Records expected in this run, for the ETA (None if unknown).
-      progress: Show a progress bar on stderr.
+      progress: The progress bar to update after each chunk, if any.
       on_chunk: Called after each chunk is written (tests use it).
     """
     stats = RunStats(resumed_from=writer.rows_done)
     chunks = _chunked(records, chunk_size)
-    bar = _progress_bar(progress, total, writer.rows_done)
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
       future = pool.submit(self._read_and_prepare, chunks)
@@ -346,19 +343,16 @@ class Runner:
         writer.write(_row_columns(chunk, columns))
         stats.records += len(chunk)
         stats.wall_seconds = time.perf_counter() - t0
-        if bar is not None:
-          bar.update(len(chunk))
-          bar.set_postfix_str(
+        if progress is not None:
+          progress.update(
+            len(chunk),
             f"docs/s={stats.records / stats.wall_seconds:.1f} "
             f"tokens/s={stats.real_tokens / stats.wall_seconds:.0f} "
             f"pad={stats.padding_fraction:.1%}",
-            refresh=False,
           )
         if on_chunk is not None:
           on_chunk(stats)
     stats.wall_seconds = time.perf_counter() - t0
-    if bar is not None:
-      bar.close()
     return stats
 
   def _read_and_prepare(self, chunks: Iterator[list[corpus_lib.Record]]):
@@ -396,21 +390,6 @@ def _row_columns(
   }
   rows.update(columns)
   return rows
-
-
-def _progress_bar(enabled: bool, total: int | None, initial: int):
-  if not enabled:
-    return None
-  import tqdm  # Only the CLI shows progress.
-
-  return tqdm.tqdm(
-    total=total,
-    initial=initial,
-    unit="doc",
-    file=sys.stderr,
-    dynamic_ncols=True,
-    smoothing=0.1,
-  )
 
 
 def warn_random(model: str) -> None:

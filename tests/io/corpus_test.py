@@ -5,6 +5,7 @@ import dataclasses
 import gzip
 import json
 import os
+import random
 
 import pytest
 import zstandard
@@ -514,3 +515,23 @@ def test_public_names():
     "Record",
     "open_corpus",
   }
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
+def test_progress_of_a_lines_corpus_is_the_bytes_it_has_read(tmp_path, suffix):
+  docs = [{"text": f"document {i} " + "word " * (i % 50)} for i in range(5000)]
+  # Random text, so that compression leaves many blocks to read.
+  rng = random.Random(0)
+  for d in docs:
+    d["noise"] = "".join(rng.choice("abcdefgh") for _ in range(40))
+  paths = [_write(tmp_path / f"{n}{suffix}", _jsonl(*docs)) for n in "ab"]
+  sizes = [os.path.getsize(p) for p in paths]
+  corpus = open_corpus(str(tmp_path))
+  assert corpus.share_size() is None  # unknown until read: bytes instead
+  assert corpus.share_bytes() == sum(sizes)
+  assert corpus.share_bytes(1, 2) == sizes[1]  # by files: its own file
+  seen = [corpus.bytes_read for _ in corpus.records()]
+  assert seen == sorted(seen)
+  assert 0 < seen[len(docs) // 2] < sizes[0]  # inside the first file
+  assert sizes[0] <= seen[len(docs) + len(docs) // 2] < sum(sizes)
+  assert corpus.bytes_read == sum(sizes)
