@@ -39,6 +39,5 @@ def run(config: CONFIG) -> summary.Summary:
   return summary.Summary(
     data,
     lines,
-    f"data-efficient select --scores {config.output} --sampler "
-    f"{config.method} --rate 0.2 --output SELECTION_DIR",
+    summary.next_select(config.output, config.method),
   )

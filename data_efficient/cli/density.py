@@ -26,6 +26,5 @@ def run(config: CONFIG) -> summary.Summary:
   return summary.Summary(
     data,
     [*summary.reduction_lines(data), f"bandwidth: {bandwidth:.4g}"],
-    f"data-efficient select --scores {config.output} --sampler density-ips "
-    "--rate 0.2 --output SELECTION_DIR",
+    summary.next_select(config.output, "density-ips"),
   )

@@ -15,9 +15,5 @@ def run(config: CONFIG) -> summary.Summary:
   from data_efficient.stages import embed
 
   out = config.run.output
-  return summary.model_stage(
-    NAME,
-    out,
-    embed.embed(config),
-    f"data-efficient density --embeddings {out} --output DENSITY_DIR",
-  )
+  next_ = f"data-efficient density --embeddings {out} --output DENSITY_DIR"
+  return summary.model_stage(NAME, out, embed.embed(config), next_)

@@ -16,10 +16,5 @@ def run(config: CONFIG) -> summary.Summary:
   from data_efficient.stages import perplexity
 
   out = config.run.output
-  return summary.model_stage(
-    NAME,
-    out,
-    perplexity.perplexity(config),
-    f"data-efficient select --scores {out} --sampler perplexity --rate 0.2 "
-    "--output SELECTION_DIR",
-  )
+  next_ = summary.next_select(out, "perplexity")
+  return summary.model_stage(NAME, out, perplexity.perplexity(config), next_)

@@ -15,10 +15,5 @@ def run(config: CONFIG) -> summary.Summary:
   from data_efficient.stages import askllm
 
   out = config.run.output
-  return summary.model_stage(
-    NAME,
-    out,
-    askllm.score(config),
-    f"data-efficient select --scores {out} --sampler askllm-topk --rate 0.2 "
-    "--output SELECTION_DIR",
-  )
+  next_ = summary.next_select(out, "askllm-topk")
+  return summary.model_stage(NAME, out, askllm.score(config), next_)

@@ -38,6 +38,14 @@ class Summary:
     return json.dumps(self.data, indent=2)
 
 
+def next_select(scores_dir: str, sampler: str) -> str:
+  """The `select` command over a score directory."""
+  return (
+    f"data-efficient select --scores {scores_dir} --sampler {sampler} "
+    "--rate 0.2 --output SELECTION_DIR"
+  )
+
+
 def problems(counts: Mapping[str, int]) -> str:
   """'problems: none', or each problem with its row count."""
   if not counts:
