@@ -237,13 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
   den.add_argument(
     "--median_kernel_value",
     type=float,
-    default=0.1,
+    default=None,
     help="Default bandwidth rule: the kernel's value at the median pairwise "
-    "distance (smaller = more local neighbourhoods).",
+    "distance (smaller = more local neighbourhoods; default 0.1, and 0.02 "
+    "for the 'lsh' kernel with --hashes_per_row > 1).",
   )
   den.add_argument("--rows", type=int, default=1000, help="Sketch rows R.")
   den.add_argument(
     "--buckets", type=int, default=20000, help="Sketch buckets B per row."
+  )
+  den.add_argument(
+    "--hashes_per_row",
+    type=int,
+    default=12,
+    help="K p-stable hashes concatenated into each sketch row's bucket "
+    "(RACE); the 'lsh' kernel is one hash's collision probability to the "
+    "power K (larger = more local).",
   )
   den.add_argument("--seed", type=int, default=0)
   den.add_argument(
@@ -692,8 +701,6 @@ def _convert(args) -> int:
 
 
 def _density(args) -> int:
-  import dataclasses
-
   from data_efficient import sharding
   from data_efficient.io import results
   from data_efficient.stages import engine
@@ -707,6 +714,7 @@ def _density(args) -> int:
       bandwidth=args.bandwidth,
       rows=args.rows,
       buckets=args.buckets,
+      hashes_per_row=args.hashes_per_row,
       seed=args.seed,
       debias=args.debias,
       median_kernel_value=args.median_kernel_value,
@@ -716,7 +724,7 @@ def _density(args) -> int:
     "stage": "density",
     "embeddings": args.embeddings,
     "batch_rows": args.batch_rows,
-    **dataclasses.asdict(config),
+    **run.recorded_settings(config),
   }
   if _already_complete(args.output, run_config):
     return 0

@@ -85,6 +85,7 @@ def _block_sums(
   key_sqnorms: jax.Array,
   bandwidth: jax.Array,
   kernel: str,
+  hashes_per_row: int,
 ) -> jax.Array:
   """sum_j k(q_i, key_j) for one query block, pipelined over key blocks.
 
@@ -94,6 +95,7 @@ def _block_sums(
     key_sqnorms: [n_kb, kb] squared key norms, +inf on padding keys.
     bandwidth: Scalar.
     kernel: Kernel name.
+    hashes_per_row: The 'lsh' kernel's power K.
 
   Returns:
     [qb] sums.
@@ -107,7 +109,9 @@ def _block_sums(
   def tile_sum(dot, k_sqnorm):
     # [qb, kb] -> [qb]
     sqdist = kernels.squared_distances_from_dot(dot, q_sqnorm, k_sqnorm, snap)
-    values = kernels.kernel_from_squared_distances(sqdist, kernel, bandwidth)
+    values = kernels.kernel_from_squared_distances(
+      sqdist, kernel, bandwidth, hashes_per_row
+    )
     return jnp.sum(values, axis=-1)
 
   def step(carry, xs):
@@ -125,7 +129,11 @@ def _block_sums(
 
 @functools.cache
 def _sums_fn(
-  mesh: jax.sharding.Mesh, kernel: str, query_block: int, key_block: int
+  mesh: jax.sharding.Mesh,
+  kernel: str,
+  hashes_per_row: int,
+  query_block: int,
+  key_block: int,
 ):
   """The jit-compiled, mesh-sharded kernel-sum program."""
   axes = mesh.axis_names
@@ -141,7 +149,9 @@ def _sums_fn(
     key_sqnorms = k_sqnorm.reshape(-1, key_block)
     q_blocks = q.reshape(-1, query_block, q.shape[-1])
     sums = jax.lax.map(
-      lambda qb: _block_sums(qb, key_blocks, key_sqnorms, bandwidth, kernel),
+      lambda qb: _block_sums(
+        qb, key_blocks, key_sqnorms, bandwidth, kernel, hashes_per_row
+      ),
       q_blocks,
     )
     return sums.reshape(-1)
@@ -162,6 +172,7 @@ def kernel_sums(
   kernel: kernels.Kernel,
   bandwidth: float,
   *,
+  hashes_per_row: int = 1,
   mesh: jax.sharding.Mesh | None = None,
   query_block: int = DEFAULT_QUERY_BLOCK,
   key_block: int = DEFAULT_KEY_BLOCK,
@@ -176,6 +187,9 @@ def kernel_sums(
     kernel: One of `kernels.KERNELS`.
     bandwidth: h (the hash width w for 'lsh'); see
       `kernels.default_bandwidth`.
+    hashes_per_row: 'lsh' only: the kernel is the K-th power of the
+      collision probability, the kernel of a sketch with K hashes per row
+      (other kernels ignore it).
     mesh: Mesh from `sharding.make_mesh`; default: all devices.
     query_block: Query rows per tile.
     key_block: Key rows per tile. Memory per device is about
@@ -189,7 +203,7 @@ def kernel_sums(
       bad block sizes, or NaN/inf in NumPy inputs (JAX arrays are not
       checked, to avoid a device-to-host copy).
   """
-  kernels.check_kernel(kernel, bandwidth)
+  kernels.check_kernel(kernel, bandwidth, hashes_per_row)
   if not isinstance(queries, jax.Array):
     queries = np.asarray(queries, np.float32)
   if not isinstance(keys, jax.Array):
@@ -217,7 +231,9 @@ def kernel_sums(
     _pad_rows(queries, mesh.size * qb), query_sharding(mesh)
   )
   keys = jax.device_put(_pad_rows(keys, kb), sharding.replicated(mesh))
-  sums = _sums_fn(mesh, kernel, qb, kb)(
+  # Other kernels ignore K: one compiled program for them whatever K is.
+  power = hashes_per_row if kernel == "lsh" else 1
+  sums = _sums_fn(mesh, kernel, power, qb, kb)(
     queries, keys, jnp.int32(n_keys), jnp.float32(bandwidth)
   )
   return sums[:n_queries]

@@ -38,9 +38,15 @@ class DensityConfig:
       seeded sample of the first batch.
     rows: Sketch rows R.
     buckets: Sketch buckets B per row.
+    hashes_per_row: K, the p-stable hashes concatenated into each sketch
+      row's bucket; the 'lsh' kernel (the sketch's, or the exact
+      estimator's) is then the K-th power of one hash's collision
+      probability. Other kernels ignore it.
     seed: Seed of the hash functions and of the bandwidth sample.
     median_kernel_value: The default bandwidth makes the kernel this value
-      at the median pairwise distance; smaller is more local.
+      at the median pairwise distance; smaller is more local. None =
+      `kernels.default_kernel_value` (0.1; 0.02 for 'lsh' with K > 1),
+      set by `resolve_bandwidth`.
     debias: Sketch only: subtract the expected bucket-collision count, so
       scores estimate the kernel sum (may then be <= 0 for isolated points,
       which inverse propensity sampling cannot use); the paper uses raw
@@ -52,9 +58,10 @@ class DensityConfig:
   bandwidth: float | None = None
   rows: int = sketch.DEFAULT_ROWS
   buckets: int = sketch.DEFAULT_BUCKETS
+  hashes_per_row: int = sketch.DEFAULT_HASHES_PER_ROW
   seed: int = 0
   debias: bool = False
-  median_kernel_value: float = 0.1
+  median_kernel_value: float | None = None
 
   def __post_init__(self):
     if self.estimator not in ("sketch", "exact"):
@@ -64,11 +71,31 @@ class DensityConfig:
         f"--kernel {self.kernel}: the sketch estimates the 'lsh' kernel "
         "only; use --estimator exact for other kernels."
       )
+    if self.hashes_per_row < 1:
+      raise ValueError(f"--hashes_per_row {self.hashes_per_row}: must be >= 1.")
+
+
+def recorded_settings(config: DensityConfig) -> dict:
+  """`config` as the run records it (run config, manifest).
+
+  `hashes_per_row` is left out where it does not change the scores (a
+  kernel other than 'lsh') or is 1, which is what runs from before it
+  existed computed: their output directories still resume, and a run with
+  another K is refused, naming the flag.
+  """
+  settings = dataclasses.asdict(config)
+  if config.kernel != "lsh" or config.hashes_per_row == 1:
+    del settings["hashes_per_row"]
+  return settings
 
 
 def resolve_bandwidth(path: str, config: DensityConfig) -> DensityConfig:
-  """`config` with its bandwidth set: as given, or the default rule on a
-  seeded sample of the first batch (recorded in the manifest either way)."""
+  """`config` with its median kernel value and bandwidth set: as given, or
+  the default rule on a seeded sample of the first batch (recorded in the
+  manifest either way)."""
+  if config.median_kernel_value is None:
+    value = kernels.default_kernel_value(config.kernel, config.hashes_per_row)
+    config = dataclasses.replace(config, median_kernel_value=value)
   if config.bandwidth is not None:
     return config
   _, _, first = next(embeddings.iter_embeddings(path), (None, None, None))
@@ -77,6 +104,7 @@ def resolve_bandwidth(path: str, config: DensityConfig) -> DensityConfig:
   width = kernels.default_bandwidth(
     first,
     config.kernel,
+    hashes_per_row=config.hashes_per_row,
     median_kernel_value=config.median_kernel_value,
     seed=config.seed,
   )
@@ -128,6 +156,7 @@ def build_sketch(
         config.bandwidth,
         rows=config.rows,
         buckets=config.buckets,
+        hashes_per_row=config.hashes_per_row,
         seed=config.seed,
       )
       if checkpoint_dir is not None:
@@ -180,6 +209,8 @@ def _open_checkpoint(directory: str, path: str, config, state):
     "buckets": config.buckets,
     "seed": config.seed,
   }
+  if state.hashes_per_row != 1:  # Absent in (and equal to) K = 1 checkpoints.
+    settings["hashes_per_row"] = state.hashes_per_row
   ckpt = snapshots.StateCheckpointer(directory, config=settings)
   restored = ckpt.restore_latest({"counts": state.counts})
   if restored is None:
@@ -243,7 +274,12 @@ def density_scores(
 
     def score(vectors):
       return exact.kernel_sums(
-        vectors, keys, config.kernel, config.bandwidth, mesh=mesh
+        vectors,
+        keys,
+        config.kernel,
+        config.bandwidth,
+        hashes_per_row=config.hashes_per_row,
+        mesh=mesh,
       )
 
   done = 0
