@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     type=float,
     default=None,
     help="Default bandwidth rule: the kernel's value at the median pairwise "
-    "distance (smaller = more local neighbourhoods; default 0.1, and 0.02 "
+    "distance (smaller = more local neighbourhoods; default 0.1, and 0.03 "
     "for the 'lsh' kernel with --hashes_per_row > 1).",
   )
   den.add_argument("--rows", type=int, default=1000, help="Sketch rows R.")

@@ -22,8 +22,8 @@ the median pairwise distance of the data (on a seeded sample) have kernel
 value `median_kernel_value`. One rule for all four kernels, tied to the
 data's scale (a fixed width such as w = 1 on unit vectors makes the LSH
 kernel nearly constant: about 10 hash values per row), with a per-kernel
-value (`default_kernel_value`): 0.1, except 0.02 for 'lsh' with K > 1.
-Why 0.02: p^K is at best Laplacian-shaped (p(c/w)^K -> v^(c/m) as K grows
+value (`default_kernel_value`): 0.1, except 0.03 for 'lsh' with K > 1.
+Why 0.03: p^K is at best Laplacian-shaped (p(c/w)^K -> v^(c/m) as K grows
 with k(m) = v fixed), which separates clusters less than a Gaussian with the
 same value at the median, so it needs a smaller value; too small a value
 lets every point's own term (k(x, x) = 1) outweigh its neighbours in small
@@ -51,7 +51,7 @@ _SNAP = 32 * float(np.finfo(np.float32).eps)
 
 DEFAULT_KERNEL_VALUE = 0.1
 # 'lsh' with K > 1 hashes (K = 1 keeps 0.1, what runs before K resolved).
-DEFAULT_SHARP_LSH_KERNEL_VALUE = 0.02
+DEFAULT_SHARP_LSH_KERNEL_VALUE = 0.03
 
 
 def default_kernel_value(kernel: str, hashes_per_row: int = 1) -> float:

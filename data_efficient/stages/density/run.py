@@ -45,7 +45,7 @@ class DensityConfig:
     seed: Seed of the hash functions and of the bandwidth sample.
     median_kernel_value: The default bandwidth makes the kernel this value
       at the median pairwise distance; smaller is more local. None =
-      `kernels.default_kernel_value` (0.1; 0.02 for 'lsh' with K > 1),
+      `kernels.default_kernel_value` (0.1; 0.03 for 'lsh' with K > 1),
       set by `resolve_bandwidth`.
     debias: Sketch only: subtract the expected bucket-collision count, so
       scores estimate the kernel sum (may then be <= 0 for isolated points,
