@@ -47,9 +47,10 @@ Speed. Hashing is a [d, K R] x [block, d] matmul written as [K, R, block]
 (each row's hashes contiguous, the order the scatter and gather walk, so
 nothing is transposed), followed by the K-step mixer and one scatter-add
 (pass 1) or gather (pass 2) per row: K times the matmul work of K = 1, the
-same scatter and gather. XLA:CPU runs the scatter single-threaded at ~4-5 ns per
-hash, so on 2 cores pass 1 runs at ~50% and pass 2 at ~70% of the
-matmul-bound rate (`benchmarks/density_throughput.py`). The block scan keeps
+same scatter and gather. XLA:CPU runs the scatter single-threaded at ~4-5 ns
+per update, so with K = 1 on 2 cores pass 1 ran at ~50% and pass 2 at ~70%
+of the matmul-bound rate (`benchmarks/density_throughput.py`); with K = 12
+bucketing a block takes as long as its matmul alone. The block scan keeps
 the counts in place (a loop carry, started from the sketch so far on device
 0), and the flat row-major index keeps each row's updates within one
 B x 4-byte stretch of memory.
