@@ -1,7 +1,7 @@
 """`data-efficient demo`: the whole pipeline on real text, offline.
 
 score -> embed -> density -> select -> SeqIO task -> report, on a mixed-quality
-corpus read from an installed package (`demo_corpus`). What is real and what
+corpus read from an installed package (`demo.corpus`). What is real and what
 is not, stated in the output and the report:
 
 - the text is real (news, Wikipedia, Usenet, reviews, junk);

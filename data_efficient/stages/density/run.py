@@ -79,7 +79,7 @@ def build_sketch(
   """Pass 1: every embedding counted once in every row.
 
   With `checkpoint_dir`, the counts and the number of rows added so far are
-  saved there (Orbax, `checkpointing`) at the end of the first batch after
+  saved there (Orbax, `runs.snapshots`) at the end of the first batch after
   every `checkpoint_every` rows, and once the pass is over; the hash
   parameters are not stored, as they follow from (seed, width, rows,
   buckets, dim), which the checkpoint records and checks. A rerun restores
