@@ -60,12 +60,19 @@ def test_matches_naive_double_loop(kernel, mesh):
   np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5)
 
 
-def test_lsh_with_k_hashes_matches_naive_double_loop():
+def test_lsh_with_k_hashes_matches_naive_double_loop(mesh):
   keys = _data(90, 7)
   queries = np.concatenate([keys[:20], _data(43, 7, seed=1)])
   w = kernels.default_bandwidth(keys, "lsh", hashes_per_row=4)
   got = exact.kernel_sums(
-    queries, keys, "lsh", w, hashes_per_row=4, query_block=16, key_block=24
+    queries,
+    keys,
+    "lsh",
+    w,
+    hashes_per_row=4,
+    mesh=mesh,
+    query_block=16,
+    key_block=24,
   )
   want = _naive_sums(queries, keys, "lsh", w, hashes_per_row=4)
   np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5)
