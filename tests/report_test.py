@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from data_efficient import cli, report
+from data_efficient import report
 from data_efficient.io import records, results
 from data_efficient.io import scores as scores_lib
-from data_efficient.stages import askllm, configs, perplexity
+from data_efficient.stages import askllm, configs, perplexity, select
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quotes"'
 
@@ -67,7 +67,7 @@ def _write(path, stage, ids, column, values, extra=None):
   results.write_manifest(path, {"stage": stage, **(extra or {})})
 
 
-def test_report_cli_from_stage_directories(tmp_path):
+def test_report_stage_from_stage_directories(tmp_path):
   corpus = tmp_path / "c.jsonl"
   ids = [f"d{i}" for i in range(12)]
   with open(corpus, "w") as f:
@@ -76,27 +76,27 @@ def test_report_cli_from_stage_directories(tmp_path):
   _write(tmp_path / "q", "score", ids, "p_yes", np.linspace(0, 1, 12),
          {"score_column": "p_yes"})  # fmt: skip
   _write(tmp_path / "d", "density", ids, "density", np.arange(1, 13))
-  assert (
-    cli.main(
-      [
-        "select",
-        "--scores",
-        str(tmp_path / "q"),
-        "--sampler",
-        "askllm-topk",
-        "--k",
-        "3",
-        "--output",
-        str(tmp_path / "s"),
-      ]
+  selection = select.select(
+    configs.SelectConfig(
+      scores=(str(tmp_path / "q"),),
+      sampler="askllm-topk",
+      k=3,
+      output=str(tmp_path / "s"),
     )
-    == 0
   )
+  assert selection == results.read_manifest(tmp_path / "s")
   out = tmp_path / "r.html"
-  assert cli.main(["report", "--input", str(corpus), "--id_field", "id",
-                   "--source_field", "src", "--scores", str(tmp_path / "q"),
-                   "--scores", str(tmp_path / "d"), "--selections",
-                   str(tmp_path / "s"), "--output", str(out)]) == 0  # fmt: skip
+  page = report.report(
+    configs.ReportConfig(
+      corpus=configs.CorpusConfig(
+        input=str(corpus), id_field="id", source_field="src"
+      ),
+      scores=(str(tmp_path / "q"), str(tmp_path / "d")),
+      selections=(str(tmp_path / "s"),),
+      output=str(out),
+    )
+  )
+  assert page.ids == ids
   html = out.read_text()
   assert "<script" not in html and "askllm-topk" in html and "25.0%" in html
 

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from data_efficient import cli, sharding
+from data_efficient import sharding
 from data_efficient.io import results
-from data_efficient.stages import configs, sampling
+from data_efficient.stages import configs, sampling, select
 from data_efficient.stages.density import kernels, run
 
 
@@ -16,21 +16,28 @@ def unit_vectors(n, d=16, seed=0):
   return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def density(tmp_path, src, *args, name="den"):
-  out = tmp_path / name
-  assert cli.main(["density", "--embeddings", str(src), "--output", str(out),
-                   "--no_progress", *args]) == 0  # fmt: skip
-  table = results.read_results(out)
-  return table, results.read_manifest(out)
+def run_density(tmp_path, src, **settings):
+  out = tmp_path / "den"
+  manifest = run.density(
+    configs.DensityConfig(
+      embeddings=str(src), output=str(out), progress=False, **settings
+    )
+  )
+  assert manifest == results.read_manifest(out)
+  return results.read_results(out), manifest
 
 
 def test_exact_gaussian_equals_a_naive_sum(tmp_path):
   x = unit_vectors(300)
   np.save(tmp_path / "x.npy", x)
-  table, manifest = density(
-      tmp_path, tmp_path / "x.npy", "--estimator", "exact",
-      "--kernel", "gaussian", "--bandwidth", "0.5", "--batch_rows", "128",
-  )  # fmt: skip
+  table, manifest = run_density(
+    tmp_path,
+    tmp_path / "x.npy",
+    estimator="exact",
+    kernel="gaussian",
+    bandwidth=0.5,
+    batch_rows=128,
+  )
   d2 = ((x[:, None, :].astype(np.float64) - x[None]) ** 2).sum(-1)
   want = np.exp(-d2 / (2 * 0.5**2)).sum(1)
   np.testing.assert_allclose(
@@ -43,8 +50,8 @@ def test_exact_gaussian_equals_a_naive_sum(tmp_path):
 def test_sketch_defaults_record_the_bandwidth_and_count_every_point(tmp_path):
   x = unit_vectors(500, seed=1)
   np.save(tmp_path / "x.npy", x)
-  table, manifest = density(
-    tmp_path, tmp_path / "x.npy", "--rows", "64", "--buckets", "512"
+  table, manifest = run_density(
+    tmp_path, tmp_path / "x.npy", rows=64, buckets=512
   )
   config = manifest["run_config"]
   assert config["estimator"] == "sketch" and config["kernel"] == "lsh"
@@ -58,20 +65,18 @@ def test_sketch_defaults_record_the_bandwidth_and_count_every_point(tmp_path):
   assert table.num_rows == 500
 
 
-def test_rerun_with_other_flags_into_the_same_dir_is_refused(tmp_path):
-  np.save(tmp_path / "x.npy", unit_vectors(50))
-  density(tmp_path, tmp_path / "x.npy", "--rows", "8", "--buckets", "64")
-  with pytest.raises(Exception, match="rows"):
-    density(tmp_path, tmp_path / "x.npy", "--rows", "16", "--buckets", "64")
-
-
 def test_nan_embeddings_are_an_error(tmp_path):
   x = unit_vectors(20)
   x[7, 3] = np.nan
   np.save(tmp_path / "x.npy", x)
   with pytest.raises(ValueError, match="NaN|finite"):
-    density(tmp_path, tmp_path / "x.npy", "--estimator", "exact",
-            "--kernel", "gaussian", "--bandwidth", "1")  # fmt: skip
+    run_density(
+      tmp_path,
+      tmp_path / "x.npy",
+      estimator="exact",
+      kernel="gaussian",
+      bandwidth=1.0,
+    )
 
 
 def test_density_ips_selection_over_the_stage_output(tmp_path, capsys):
@@ -86,13 +91,21 @@ def test_density_ips_selection_over_the_stage_output(tmp_path, capsys):
   ).astype(np.float32)
   labels = np.repeat([0, 1, 2], sizes)
   np.save(tmp_path / "x.npy", x)
-  density(tmp_path, tmp_path / "x.npy", "--estimator", "exact",
-          "--kernel", "gaussian")  # fmt: skip
+  run_density(
+    tmp_path, tmp_path / "x.npy", estimator="exact", kernel="gaussian"
+  )
   shares = {}
   for sampler in ("density-ips", "random"):
     out = tmp_path / sampler
-    cli.main(["select", "--scores", str(tmp_path / "den"), "--sampler", sampler,
-              "--rate", "0.1", "--seed", "3", "--output", str(out)])  # fmt: skip
+    select.select(
+      configs.SelectConfig(
+        scores=(str(tmp_path / "den"),),
+        sampler=sampler,
+        rate=0.1,
+        seed=3,
+        output=str(out),
+      )
+    )
     ids = np.asarray(results.read_results(out).column("id").to_pylist(), int)
     shares[sampler] = np.bincount(labels[ids], minlength=3) / len(ids)
   print(json.dumps({k: v.round(3).tolist() for k, v in shares.items()}))
@@ -177,11 +190,12 @@ def test_runs_before_hashes_per_row_still_resume(tmp_path):
   """K = 1 records what runs made before K existed recorded, so their
   directories resume; the default K is a different run, refused by name."""
   np.save(tmp_path / "x.npy", unit_vectors(50))
-  args = ("--rows", "8", "--buckets", "64")
-  _, manifest = density(tmp_path, tmp_path / "x.npy", *args,
-                        "--hashes_per_row", "1")  # fmt: skip
+  sketch = {"rows": 8, "buckets": 64}
+  _, manifest = run_density(
+    tmp_path, tmp_path / "x.npy", **sketch, hashes_per_row=1
+  )
   config = manifest["run_config"]
   assert "hashes_per_row" not in config
   assert config["median_kernel_value"] == 0.1
   with pytest.raises(Exception, match="hashes_per_row"):
-    density(tmp_path, tmp_path / "x.npy", *args)
+    run_density(tmp_path, tmp_path / "x.npy", **sketch)
