@@ -13,9 +13,9 @@ Side by side, in one run:
      KernelDensity (exact: atol=rtol=0) timed on a subset of queries and
      extrapolated;
   3. the sketch's two passes (R=1000, B=20000) over N_sketch vectors made in
-     chunks, in embeddings/s, against the matmul-bound rate
-     peak / (2 d R).
-GFLOP/s count the distance matmuls only (2 N^2 d for exact sums, 2 N d R
+     chunks, in embeddings/s, at the default K hashes per row and at K = 1,
+     each against its matmul-bound rate peak / (2 d R K).
+GFLOP/s count the distance matmuls only (2 N^2 d for exact sums, 2 N d R K
 per sketch pass). The last line is `RESULT key=value ...`.
 """
 
@@ -53,7 +53,8 @@ def matmul_peak_gflops(repeats: int = 5) -> float:
 
 
 def hash_matmul_gflops(block: int, rows: int, repeats: int = 5) -> float:
-  """GFLOP/s of the hashing matmul: [d, rows], [block, d] -> [rows, block]."""
+  """GFLOP/s of the hashing matmul: [d, rows], [block, d] -> [rows, block]
+  (rows = R K)."""
   x = jax.random.normal(jax.random.key(1), (block, _D), jnp.float32)
   a = jax.random.normal(jax.random.key(2), (_D, rows), jnp.float32)
   dot = jax.jit(lambda a, x: jnp.einsum("dr,nd->rn", a, x))
@@ -125,11 +126,21 @@ def sketch_passes(
   chunk: int,
   rows: int,
   buckets: int,
+  hashes_per_row: int,
   seed: int,
 ):
   """Seconds for pass 1 and pass 2 over n vectors made chunk by chunk."""
-  w = kernels.default_bandwidth(np.asarray(unit_vectors(4096, 99)), "lsh")
-  s = sketch.init(_D, w, rows=rows, buckets=buckets, seed=seed)
+  w = kernels.default_bandwidth(
+    np.asarray(unit_vectors(4096, 99)), "lsh", hashes_per_row=hashes_per_row
+  )
+  s = sketch.init(
+    _D,
+    w,
+    rows=rows,
+    buckets=buckets,
+    hashes_per_row=hashes_per_row,
+    seed=seed,
+  )
   chunks = [(start, min(chunk, n - start)) for start in range(0, n, chunk)]
 
   def chunk_data(start, size):
@@ -217,10 +228,14 @@ def main():
   skl_qps = sklearn_queries_per_s(x_np, h, args.sklearn_queries)
   sklearn_s = n / skl_qps
   rows, buckets = sketch.DEFAULT_ROWS, sketch.DEFAULT_BUCKETS
-  t_add, t_score, w, used, mean_score = sketch_passes(
-    mesh, args.sketch_n, args.sketch_chunk, rows, buckets, seed=0
-  )
-  hash_gflops = hash_matmul_gflops(sketch.DEFAULT_BLOCK, rows)
+  k = sketch.DEFAULT_HASHES_PER_ROW
+  passes = {
+    hashes: sketch_passes(
+      mesh, args.sketch_n, args.sketch_chunk, rows, buckets, hashes, seed=0
+    )
+    for hashes in (k, 1)
+  }
+  hash_gflops = hash_matmul_gflops(sketch.DEFAULT_BLOCK, rows * k)
   peaks.append(matmul_peak_gflops())
   peak = max(peaks)
   print(
@@ -242,21 +257,29 @@ def main():
     f"  ratios: ours/numpy {numpy_s / ours_s:.2f}x, ours/sklearn "
     f"{sklearn_s / ours_s:.0f}x, ours/fused {fused_s / ours_s:.2f}x"
   )
-  bound = peak * 1e9 / (2.0 * _D * rows)
-  hash_bound = hash_gflops * 1e9 / (2.0 * _D * rows)
-  add_rate, score_rate = args.sketch_n / t_add, args.sketch_n / t_score
+  rates = {}
+  for hashes, (t_add, t_score, w, used, mean_score) in passes.items():
+    bound = peak * 1e9 / (2.0 * _D * rows * hashes)
+    add_rate, score_rate = args.sketch_n / t_add, args.sketch_n / t_score
+    rates[hashes] = (add_rate, score_rate, bound)
+    print(
+      f"RACE sketch R={rows} B={buckets} K={hashes}, N={args.sketch_n} in "
+      f"chunks of {args.sketch_chunk}, width {w:.3f} ({used:.0f} buckets "
+      f"used per row), mean score {mean_score:.0f}:\n"
+      f"  pass 1 (add)    {t_add:7.2f} s  {add_rate:9.0f} emb/s "
+      f"({add_rate / bound:.0%} of matmul-bound {bound:.0f} emb/s)\n"
+      f"  pass 2 (scores) {t_score:7.2f} s  {score_rate:9.0f} emb/s "
+      f"({score_rate / bound:.0%} of matmul-bound)"
+    )
+  add_rate, score_rate, bound = rates[k]
+  hash_bound = hash_gflops * 1e9 / (2.0 * _D * rows * k)
   print(
-    f"RACE sketch R={rows} B={buckets}, N={args.sketch_n} in chunks of "
-    f"{args.sketch_chunk}, width {w:.3f} ({used:.0f} buckets used per "
-    f"row), mean score {mean_score:.0f}:\n"
-    f"  pass 1 (add)    {t_add:7.2f} s  {add_rate:9.0f} emb/s "
-    f"({add_rate / bound:.0%} of matmul-bound {bound:.0f} emb/s)\n"
-    f"  pass 2 (scores) {t_score:7.2f} s  {score_rate:9.0f} emb/s "
-    f"({score_rate / bound:.0%} of matmul-bound)\n"
-    f"  the hashing matmul alone ([{_D}, {rows}]^T x "
-    f"[{sketch.DEFAULT_BLOCK}, {_D}]^T): {hash_gflops:.0f} GFLOP/s = {hash_bound:.0f} emb/s; "
-    f"passes at {add_rate / hash_bound:.0%} / {score_rate / hash_bound:.0%}"
-    " of it"
+    f"  the K={k} hashing matmul alone ([{_D}, {rows * k}]^T x "
+    f"[{sketch.DEFAULT_BLOCK}, {_D}]^T): {hash_gflops:.0f} GFLOP/s = "
+    f"{hash_bound:.0f} emb/s; passes at {add_rate / hash_bound:.0%} / "
+    f"{score_rate / hash_bound:.0%} of it; K={k} vs K=1: pass 1 "
+    f"{add_rate / rates[1][0]:.2f}x, pass 2 {score_rate / rates[1][1]:.2f}x "
+    "the rate"
   )
   print(
     "RESULT "
@@ -272,10 +295,15 @@ def main():
     f"vs_sklearn={sklearn_s / ours_s:.1f} "
     f"vs_fused={fused_s / ours_s:.2f} "
     f"sketch_n={args.sketch_n} "
+    f"hashes_per_row={k} "
     f"add_emb_per_s={add_rate:.0f} "
     f"scores_emb_per_s={score_rate:.0f} "
     f"add_frac_bound={add_rate / bound:.3f} "
     f"scores_frac_bound={score_rate / bound:.3f} "
+    f"k1_add_emb_per_s={rates[1][0]:.0f} "
+    f"k1_scores_emb_per_s={rates[1][1]:.0f} "
+    f"k1_add_frac_bound={rates[1][0] / rates[1][2]:.3f} "
+    f"k1_scores_frac_bound={rates[1][1] / rates[1][2]:.3f} "
     f"hash_matmul_gflops={hash_gflops:.1f}"
   )
 

@@ -1,13 +1,15 @@
 """A self-contained HTML report of scores and selections.
 
 One file, no scripts, no network at view time: histograms and a scatter plot
-are inline SVG, tables are plain HTML, and every text that comes from the
-corpus or a manifest is HTML-escaped (a document holding `<script>` shows as
-text).
+are inline SVG with labelled axes, tables are plain HTML, and every text that
+comes from the corpus or a manifest is HTML-escaped (a document holding
+`<script>` shows as text). Long texts are cut to an excerpt and wrap inside
+their cells, so no line widens the page.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import html
 import json
@@ -16,19 +18,46 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from data_efficient.io import records
+from data_efficient.io import scores as scores_lib
 from data_efficient.stages import configs
 
 _COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948",
            "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")  # fmt: skip
 
+# Characters of a text, and of an id, shown before the rest is cut.
+_TEXT_CHARS, _ID_CHARS = 600, 200
+# Axis titles of the score columns.
+_AXIS_TITLES = {
+  "p_yes": "P(yes)",
+  "log_p_yes": "log P(yes)",
+  "p_yes_renorm": "P(yes) / (P(yes) + P(no))",
+  "mean_nll": "mean NLL per target token",
+  "perplexity": "perplexity",
+  "density": "density (kernel sum)",
+  "semdedup_similarity": "similarity to a more outlying cluster-mate",
+  "centroid_distance": "distance to the nearest centroid",
+}
+# Columns spanning orders of magnitude: plotted on a log scale when positive.
+_LOG_COLUMNS = frozenset({"p_yes", "density", "perplexity"})
+_STAGE_NAMES = {
+  scores_lib.QUALITY: "Ask-LLM",
+  scores_lib.PERPLEXITY: "Perplexity filter",
+  scores_lib.DENSITY: "DENSITY",
+  scores_lib.SEMDEDUP: "SemDeDup",
+  scores_lib.PROTOTYPES: "SSL prototypes",
+}
+
 
 @dataclasses.dataclass
 class ScoreColumn:
-  """One score per example, aligned with `Report.ids`."""
+  """One score per example, aligned with `Report.ids` (NaN: no score)."""
 
-  name: str  # e.g. "Ask-LLM P(yes)"
+  name: str  # heading: stage, score and settings (see `score_name`)
   values: np.ndarray  # float [n]
   manifest: dict
+  column: str = "score"  # the directory's score column, e.g. "p_yes"
+  kind: str | None = None  # `io.scores` kind, e.g. scores_lib.QUALITY
 
 
 @dataclasses.dataclass
@@ -44,6 +73,7 @@ class Report:
   ids: list[str]
   texts: list[str]
   sources: list[str | None]
+  problems: list[str | None]  # `Record.problem` of each example
   scores: list[ScoreColumn]
   selections: list[Selection]
   notes: list[str] = dataclasses.field(default_factory=list)
@@ -53,10 +83,170 @@ def _e(text) -> str:
   return html.escape(str(text), quote=True)
 
 
+def _cut(text: str, limit: int) -> str:
+  """`text` escaped, cut after `limit` characters with its length stated."""
+  if len(text) <= limit:
+    return _e(text)
+  return (
+    f'{_e(text[:limit])}… <span class="meta">({len(text):,} characters; '
+    f"the first {limit:,} shown)</span>"
+  )
+
+
+def score_name(scores: scores_lib.Scores) -> str:
+  """A heading for a score directory: its stage, score and settings."""
+  manifest = scores.manifest
+  config = manifest.get("run_config", {})
+  if scores.kind in (scores_lib.QUALITY, scores_lib.PERPLEXITY):
+    checkpoint = config.get("checkpoint")
+    settings = [
+      config.get("model")
+      or os.path.basename(os.path.normpath(checkpoint or "?"))
+    ]
+    if manifest.get("random_weights"):
+      settings.append("random weights")
+    if scores.kind == scores_lib.QUALITY:
+      settings.append(f"prompt of at most {config.get('max_length')} tokens")
+    else:
+      settings.append(f"first {config.get('max_tokens')} tokens")
+  elif scores.kind == scores_lib.DENSITY:
+    if config.get("estimator") == "sketch":
+      settings = [
+        f"sketch R={config.get('rows')} x B={config.get('buckets')}",
+        "lsh kernel",
+      ]
+    else:
+      settings = ["exact", f"{config.get('kernel')} kernel"]
+    if config.get("bandwidth") is not None:
+      settings.append(f"bandwidth {config['bandwidth']:.3g}")
+  else:  # SemDeDup and prototypes, on one k-means clustering
+    kmeans = config.get("kmeans", {})
+    metric = "cosine" if kmeans.get("spherical", True) else "euclidean"
+    settings = [f"k={kmeans.get('clusters')}", metric]
+    if scores.kind == scores_lib.SEMDEDUP:
+      settings.append(f"eps {config.get('eps')}")
+  embeddings = (manifest.get("embeddings_manifest") or {}).get("run_config")
+  if embeddings and embeddings.get("model"):
+    settings.append(f"{embeddings['model']} embeddings")
+  stage = _STAGE_NAMES.get(scores.kind, scores.kind)
+  score = _AXIS_TITLES.get(scores.column, scores.column)
+  return f"{stage}: {score} ({', '.join(settings)})"
+
+
+def _ticks(lo: float, hi: float, min_step: float = 0.0) -> np.ndarray:
+  """About five round values (1, 2 or 5 times a power of ten apart) in
+  [lo, hi]."""
+  raw = max((hi - lo) / 5, min_step, 1e-300)
+  power = 10.0 ** np.floor(np.log10(raw))
+  step = max(
+    power * next(m for m in (1, 2, 5, 10) if m * power >= raw), min_step
+  )
+  ticks = np.arange(np.ceil(lo / step), np.floor(hi / step) + 1) * step
+  return ticks + 0.0  # no "-0"
+
+
+def _axis_ticks(
+  lo: float, hi: float, log: bool, min_step: float = 0.0
+) -> list[tuple[float, str]]:
+  """(position, label) of round values in [lo, hi]; on a log axis the
+  positions are log10 of the values."""
+  if not log:
+    return [(t, f"{t:.3g}") for t in _ticks(lo, hi, min_step)]
+  if hi - lo < 1:  # within a decade: round values, evenly spaced
+    values = _ticks(10**lo, 10**hi)
+  elif hi - lo < 2.5:
+    decades = 10.0 ** np.arange(np.floor(lo), np.ceil(hi) + 1)
+    values = (decades[:, None] * np.asarray([1, 2, 5])).ravel()
+  else:
+    values = 10.0 ** _ticks(lo, hi, min_step=1)  # whole decades
+  with np.errstate(divide="ignore"):
+    at = np.log10(values)
+  inside = (at >= lo - 1e-9) & (at <= hi + 1e-9)
+  return [
+    (a, f"{v:.3g}") for a, v in zip(at[inside], values[inside], strict=True)
+  ]
+
+
+def _span(values: np.ndarray) -> tuple[float, float]:
+  lo, hi = float(values.min()), float(values.max())
+  return (lo - 0.5, hi + 0.5) if hi <= lo else (lo, hi)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+  """Data ranges mapped onto an SVG canvas, drawn with ticks and titles.
+
+  The canvas scales down to the page's width (`viewBox`), never past it.
+  """
+
+  x_range: tuple[float, float]
+  y_range: tuple[float, float]
+  width: int = 640
+  height: int = 300
+  # Space around the plot area for tick labels and titles, in pixels.
+  top, right, bottom, left = 12, 24, 60, 88
+
+  def x(self, v: float) -> float:
+    lo, hi = self.x_range
+    return self.left + (v - lo) / (hi - lo) * (
+      self.width - self.left - self.right
+    )
+
+  def y(self, v: float) -> float:
+    lo, hi = self.y_range
+    return (
+      self.height
+      - self.bottom
+      - (v - lo) / (hi - lo) * (self.height - self.top - self.bottom)
+    )
+
+  def svg(
+    self, marks: str, x_title: str, y_title: str, *, x_log: bool = False,
+    y_log: bool = False, y_step: float = 0.0,
+  ) -> str:  # fmt: skip
+    """The plot: `marks` (SVG elements in data coordinates) on its axes."""
+    x0, y0 = self.x(self.x_range[0]), self.y(self.y_range[0])
+    parts = [
+      f'<line x1="{x0:.1f}" y1="{y0:.1f}" x2="{self.x(self.x_range[1]):.1f}" '
+      f'y2="{y0:.1f}" stroke="#666"/>'
+      f'<line x1="{x0:.1f}" y1="{y0:.1f}" x2="{x0:.1f}" '
+      f'y2="{self.y(self.y_range[1]):.1f}" stroke="#666"/>'
+    ]
+    for t, label in _axis_ticks(*self.x_range, x_log):
+      x = self.x(t)
+      parts.append(
+        f'<line x1="{x:.1f}" y1="{y0:.1f}" x2="{x:.1f}" y2="{y0 + 5:.1f}" '
+        f'stroke="#666"/><text x="{x:.1f}" y="{y0 + 8:.1f}" '
+        f'text-anchor="middle" dominant-baseline="hanging">{label}</text>'
+      )
+    for t, label in _axis_ticks(*self.y_range, y_log, min_step=y_step):
+      y = self.y(t)
+      parts.append(
+        f'<line x1="{x0 - 5:.1f}" y1="{y:.1f}" x2="{self.width - self.right}" '
+        f'y2="{y:.1f}" stroke="#e4e4e4"/><text x="{x0 - 8:.1f}" y="{y:.1f}" '
+        f'text-anchor="end" dominant-baseline="middle">{label}</text>'
+      )
+    log = " (log scale)"
+    parts.append(
+      f'<text x="{(x0 + self.width - self.right) / 2:.1f}" '
+      f'y="{self.height - 6}" text-anchor="middle" font-weight="bold">'
+      f"{_e(x_title)}{log if x_log else ''}</text>"
+      f'<text transform="translate(4 {(self.top + y0) / 2:.1f}) rotate(-90)" '
+      f'text-anchor="middle" dominant-baseline="hanging" font-weight="bold">'
+      f"{_e(y_title)}{log if y_log else ''}</text>"
+    )
+    return (
+      f'<svg class="plot" viewBox="0 0 {self.width} {self.height}" '
+      f'width="{self.width}" height="{self.height}" font-size="13" '
+      f'fill="#333" role="img">{"".join(parts)}{marks}</svg>'
+    )
+
+
 def histogram_svg(
-  values: np.ndarray, bins: int = 30, log_x: bool = False
-) -> str:
-  """Inline SVG histogram of the finite `values`."""
+  values: np.ndarray, x_title: str = "score", bins: int = 30,
+  log_x: bool = False,
+) -> str:  # fmt: skip
+  """Inline SVG histogram of the finite `values`, with labelled axes."""
   v = np.asarray(values, np.float64)
   v = v[np.isfinite(v)]
   if log_x:
@@ -64,95 +254,152 @@ def histogram_svg(
   if not len(v):
     return "<p>(no finite values)</p>"
   counts, edges = np.histogram(v, bins=bins)
-  w, h, pad = 480, 160, 30
-  bar = (w - 2 * pad) / bins
-  top = max(1, counts.max())
+  frame = _Frame((edges[0], edges[-1]), (0, max(1, counts.max())))
   rects = []
-  for i, c in enumerate(counts):
-    bh = (h - 2 * pad) * c / top
-    x = pad + i * bar
+  for c, a, b in zip(counts, edges[:-1], edges[1:], strict=True):
+    x, top = frame.x(a), frame.y(c)
+    where = f"{10**a:.3g} to {10**b:.3g}" if log_x else f"{a:.4g} to {b:.4g}"
     rects.append(
-      f'<rect x="{x:.1f}" y="{h - pad - bh:.1f}" width="{bar - 1:.1f}" '
-      f'height="{bh:.1f}" fill="{_COLORS[0]}"><title>{edges[i]:.4g} to '
-      f"{edges[i + 1]:.4g}: {c}</title></rect>"
+      f'<rect x="{x + 0.5:.1f}" y="{top:.1f}" '
+      f'width="{max(frame.x(b) - x - 1, 0.5):.1f}" '
+      f'height="{frame.y(0) - top:.1f}" fill="{_COLORS[0]}">'
+      f"<title>{where}: {c}</title></rect>"
     )
-  label = "log10 " if log_x else ""
-  axis = (
-    f'<text x="{pad}" y="{h - 8}" font-size="11">{label}{edges[0]:.3g}</text>'
-    f'<text x="{w - pad}" y="{h - 8}" font-size="11" text-anchor="end">'
-    f"{edges[-1]:.3g}</text>"
-    f'<text x="{pad}" y="{pad - 10}" font-size="11">max count {top}</text>'
+  return frame.svg("".join(rects), x_title, "examples", x_log=log_x, y_step=1)
+
+
+def _legend(color: Mapping[str, str]) -> str:
+  keys = "".join(
+    f'<span><i style="background:{c}"></i>{_e(g)}</span>'
+    for g, c in color.items()
   )
-  return (
-    f'<svg width="{w}" height="{h}" role="img">{"".join(rects)}{axis}</svg>'
-  )
+  return f'<p class="legend">{keys}</p>'
 
 
 def scatter_svg(
-    x: np.ndarray, y: np.ndarray, groups: Sequence[str | None], x_name: str,
-    y_name: str, log_x: bool = False,
+    x: np.ndarray, y: np.ndarray, groups: Sequence[str | None], x_title: str,
+    y_title: str, log_x: bool = False, log_y: bool = False,
 ) -> str:  # fmt: skip
-  """Inline SVG scatter plot, coloured by group, with a legend."""
+  """Inline SVG scatter plot with labelled axes, coloured by group, and an
+  HTML legend."""
   x = np.asarray(x, np.float64)
   y = np.asarray(y, np.float64)
-  if log_x:
-    x = np.log10(np.maximum(x, 1e-30))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    x = np.log10(x) if log_x else x
+    y = np.log10(y) if log_y else y
   ok = np.isfinite(x) & np.isfinite(y)
-  w, h, pad = 520, 320, 40
+  if not ok.any():
+    return "<p>(no example has both scores)</p>"
   names = sorted({g or "(none)" for g in groups})
   color = {g: _COLORS[i % len(_COLORS)] for i, g in enumerate(names)}
-
-  def scale(v, lo, hi, a, b):
-    return a + (v - lo) / (hi - lo or 1.0) * (b - a)
-
-  x0, x1 = (x[ok].min(), x[ok].max()) if ok.any() else (0, 1)
-  y0, y1 = (y[ok].min(), y[ok].max()) if ok.any() else (0, 1)
-  dots = []
-  for xi, yi, g, k in zip(x, y, groups, ok, strict=True):
-    if k:
-      dots.append(
-        f'<circle cx="{scale(xi, x0, x1, pad, w - pad):.1f}" '
-        f'cy="{scale(yi, y0, y1, h - pad, pad):.1f}" r="2.5" '
-        f'fill="{color[g or "(none)"]}" fill-opacity="0.6"/>'
-      )
-  legend = "".join(
-    f'<text x="{w - pad}" y="{pad + 14 * i}" font-size="11" '
-    f'text-anchor="end" fill="{color[g]}">{_e(g)}</text>'
-    for i, g in enumerate(names)
+  frame = _Frame(_span(x[ok]), _span(y[ok]), height=420)
+  dots = "".join(
+    f'<circle cx="{frame.x(xi):.1f}" cy="{frame.y(yi):.1f}" r="3" '
+    f'fill="{color[g or "(none)"]}" fill-opacity="0.7"/>'
+    for xi, yi, g, k in zip(x, y, groups, ok, strict=True)
+    if k
   )
-  axes = (
-    f'<text x="{w / 2}" y="{h - 6}" font-size="11" text-anchor="middle">'
-    f"{'log10 ' if log_x else ''}{_e(x_name)} ({x0:.3g} to {x1:.3g})</text>"
-    f'<text x="12" y="{h / 2}" font-size="11" transform="rotate(-90 12 '
-    f'{h / 2})" text-anchor="middle">{_e(y_name)} ({y0:.3g} to {y1:.3g})</text>'
+  plot = frame.svg(dots, x_title, y_title, x_log=log_x, y_log=log_y)
+  return plot + _legend(color)
+
+
+def _left_out(report: Report) -> np.ndarray:
+  """[n] bool: examples whose record has a problem `select` leaves out by
+  default (unreadable text, a repeated id)."""
+  excluded = set(records.DEFAULT_EXCLUDED_PROBLEMS)
+  return np.asarray(
+    [bool(p and excluded.intersection(p.split(","))) for p in report.problems],
+    bool,
   )
-  return f'<svg width="{w}" height="{h}" role="img">{"".join(dots)}{legend}{axes}</svg>'
+
+
+def _example(report: Report, i: int) -> str:
+  """Where example `i` comes from, and its text (an excerpt if long)."""
+  meta = [report.sources[i] or "", _cut(report.ids[i], _ID_CHARS)]
+  if report.problems[i]:
+    meta.append(f"problem: {_e(report.problems[i])}")
+  text = report.texts[i]
+  if text.strip():
+    body = f"<pre>{_cut(text, _TEXT_CHARS)}</pre>"
+  else:
+    body = f'<div class="meta">({"whitespace only" if text else "empty"})</div>'
+  return f'<div class="meta">{" · ".join(meta)}</div>{body}'
 
 
 def _examples_table(
-  report: Report, column: ScoreColumn, per_part: int = 3
+  report: Report, column: ScoreColumn, ranked: np.ndarray, per_part: int = 3
 ) -> str:
-  order = np.argsort(column.values, kind="stable")[::-1]
-  n = len(order)
+  """The highest, middle and lowest of the ranked examples."""
+  idx = np.flatnonzero(ranked)
+  if not len(idx):
+    return "<p>No example has a score to rank.</p>"
+  order = idx[np.argsort(-column.values[idx], kind="stable")]
+  n, mid = len(order), max(0, len(order) // 2 - per_part // 2)
   parts = {
-    "top": order[:per_part],
-    "middle": order[max(0, n // 2 - per_part // 2) :][:per_part],
-    "bottom": order[-per_part:][::-1],
+    "highest": range(min(per_part, n)),
+    "middle": range(mid, min(mid + per_part, n)),
+    "lowest": range(max(0, n - per_part), n),
   }
-  rows = []
-  for part, idx in parts.items():
-    for i in idx:
-      text = report.texts[i]
-      short = text[:600] + ("…" if len(text) > 600 else "")
+  shown, rows = set(), []
+  for part, ranks in parts.items():
+    ranks = [r for r in ranks if r not in shown]
+    shown.update(ranks)
+    if ranks:
+      rows.append(f'<tr><th colspan="2" class="part">{part}</th></tr>')
+    for r in ranks:
+      i = order[r]
       rows.append(
-        f"<tr><td>{part}</td><td>{column.values[i]:.4g}</td>"
-        f"<td>{_e(report.sources[i] or '')}</td><td>{_e(report.ids[i])}</td>"
-        f"<td><pre>{_e(short)}</pre></td></tr>"
+        f"<tr><td>{r + 1} of {n}:<br><b>{column.values[i]:.4g}</b></td>"
+        f"<td>{_example(report, i)}</td></tr>"
       )
   return (
-    "<table><tr><th>where</th><th>score</th><th>source</th><th>id</th>"
-    f"<th>text</th></tr>{''.join(rows)}</table>"
+    '<table class="examples"><colgroup><col class="rank"><col></colgroup>'
+    "<tr><th>rank: score</th><th>example</th></tr>"
+    f"{''.join(rows)}</table>"
   )
+
+
+def _unranked_table(
+  report: Report, column: ScoreColumn, ranked: np.ndarray, shown: int = 3
+) -> str:
+  """The examples that do not rank, counted by problem."""
+  groups = collections.defaultdict(list)
+  for i in np.flatnonzero(~ranked):
+    why = "no score" if np.isnan(column.values[i]) else "left out by select"
+    groups[report.problems[i] or "(none)", why].append(i)
+  if not groups:
+    return ""
+  rows = []
+  for (problem, why), members in sorted(
+    groups.items(), key=lambda kv: (-len(kv[1]), kv[0])
+  ):
+    ids = ", ".join(_cut(report.ids[i], _ID_CHARS) for i in members[:shown])
+    more = len(members) - shown
+    more = f", … ({more} more)" if more > 0 else ""
+    rows.append(
+      f"<tr><td>{_e(problem)}</td><td>{why}</td><td>{len(members)}</td>"
+      f"<td>{ids}{more}</td></tr>"
+    )
+  excluded = ", ".join(records.DEFAULT_EXCLUDED_PROBLEMS)
+  return (
+    f"<h3>Not ranked: {int((~ranked).sum())} examples</h3>"
+    "<p>Examples without a score (NaN, or no row in the directory), and "
+    f"records with a problem <code>select</code> leaves out ({excluded}), "
+    "never rank.</p>"
+    '<div class="wide"><table class="unranked"><tr><th>problem</th>'
+    "<th>why</th><th>examples</th><th>ids</th></tr>"
+    f"{''.join(rows)}</table></div>"
+  )
+
+
+def _samplers(kind: str | None) -> str:
+  """The samplers that choose by this score alone, and how."""
+  uses = [
+    f"<code>--sampler {_e(name)}</code>: {_e(description)}"
+    for name, (kinds, description) in configs.SAMPLERS.items()
+    if kinds == (kind,)
+  ]
+  return f"<p>{'; '.join(uses)}.</p>" if uses else ""
 
 
 def _source_table(report: Report) -> str:
@@ -172,8 +419,8 @@ def _source_table(report: Report) -> str:
   rows = [row("whole corpus", report.ids)]
   rows += [row(sel.name, sel.ids) for sel in report.selections]
   return (
-    f"<table><tr><th>set</th><th>examples</th>{header}</tr>"
-    f"{''.join(rows)}</table>"
+    f'<div class="wide"><table><tr><th>set</th><th>examples</th>{header}</tr>'
+    f"{''.join(rows)}</table></div>"
   )
 
 
@@ -193,8 +440,8 @@ def _overlap_table(report: Report) -> str:
   return (
     "<p>Kept fraction, and overlap between selections (Jaccard index: "
     "shared / either).</p>"
-    f"<table><tr><th>sampler</th><th>kept</th>{header}</tr>"
-    f"{''.join(rows)}</table>"
+    f'<div class="wide"><table><tr><th>sampler</th><th>kept</th>{header}</tr>'
+    f"{''.join(rows)}</table></div>"
   )
 
 
@@ -226,35 +473,86 @@ def _timings(manifests: Mapping[str, dict]) -> str:
         f"<td>{float(seconds):.1f}</td><td>{_e(rate)}</td></tr>"
       )
   return (
-    "<table><tr><th>stage</th><th>rows</th><th>seconds</th><th>docs/s per "
-    f"process</th></tr>{''.join(rows)}</table>"
+    '<div class="wide"><table><tr><th>stage</th><th>rows</th><th>seconds</th>'
+    f"<th>docs/s per process</th></tr>{''.join(rows)}</table></div>"
   )
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;vertical-align:top;font-size:13px}
-pre{white-space:pre-wrap;max-width:640px;margin:0;font-size:12px}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
+  padding:0 1em;color:#222;overflow-wrap:break-word}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:3px 8px;vertical-align:top;font-size:13px;
+  text-align:left}
+table.examples{table-layout:fixed;width:100%}col.rank{width:6.5em}
+.examples td,.unranked td:last-child{overflow-wrap:anywhere}
+th.part{background:#f3f3f3}.wide{overflow-x:auto}
+.meta{color:#666;font-size:12px}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:0;font-size:12px}
+svg.plot{display:block;max-width:100%;height:auto;margin:.5em 0}
+@media(max-width:600px){svg.plot{font-size:19px}}
+.legend span{display:inline-block;margin-right:1em;font-size:13px}
+.legend i{display:inline-block;width:.8em;height:.8em;margin-right:.3em}
 .note{background:#fff4d6;border-left:4px solid #e0a800;padding:.5em 1em}
 """
 
 
+def _stage(column: ScoreColumn) -> str:
+  return _STAGE_NAMES.get(column.kind, column.name)
+
+
+def _log_scale(column: ScoreColumn, ranked: np.ndarray) -> bool:
+  values = column.values[ranked]
+  return (
+    column.column in _LOG_COLUMNS and bool(values.size) and (values > 0).all()
+  )
+
+
 def render(report: Report, manifests: Mapping[str, dict]) -> str:
   """The whole HTML page."""
+  n = len(report.ids)
+  problems = collections.Counter(
+    p for problem in report.problems if problem for p in problem.split(",")
+  )
+  marked = ", ".join(f"{_e(p)} {c}" for p, c in sorted(problems.items()))
   body = [f"<h1>{_e(report.title)}</h1>"]
-  body += [f'<p class="note">{_e(n)}</p>' for n in report.notes]
-  body.append(f"<p>{len(report.ids)} examples.</p>")
-  for col in report.scores:
-    log_x = col.name.lower().startswith(("density", "ask-llm"))
-    body.append(f"<h2>{_e(col.name)}</h2>")
-    body.append(histogram_svg(col.values, log_x=log_x))
-    body.append(_examples_table(report, col))
+  body += [f'<p class="note">{_e(note)}</p>' for note in report.notes]
+  body.append(
+    f"<p>{n} examples{f'; records with problems: {marked}' if marked else ''}"
+    ".</p>"
+  )
+  left_out = _left_out(report)
+  ranked = [np.isfinite(col.values) & ~left_out for col in report.scores]
+  for col, ok in zip(report.scores, ranked, strict=True):
+    body.append(f"<h2>{_e(col.name)}</h2>{_samplers(col.kind)}")
+    body.append(f"<p>{int(ok.sum())} of {n} examples ranked.</p>")
+    body.append(
+      histogram_svg(
+        col.values[ok],
+        _AXIS_TITLES.get(col.column, col.column),
+        log_x=_log_scale(col, ok),
+      )
+    )
+    body.append(_examples_table(report, col, ok))
+    body.append(_unranked_table(report, col, ok))
   if len(report.scores) >= 2:
-    a, b = report.scores[0], report.scores[1]
-    body.append(f"<h2>{_e(b.name)} against {_e(a.name)}</h2>")
+    (a, b), (ok_a, ok_b) = report.scores[:2], ranked[:2]
+    both = ok_a & ok_b
+    body.append(f"<h2>{_e(_stage(b))} against {_e(_stage(a))}</h2>")
+    body.append(
+      f"<p>{int(both.sum())} examples ranked by both: {_e(b.name)} "
+      f"against {_e(a.name)}.</p>"
+    )
     body.append(
       scatter_svg(
-        a.values, b.values, report.sources, a.name, b.name, log_x=True
+        np.where(both, a.values, np.nan),
+        np.where(both, b.values, np.nan),
+        report.sources,
+        _AXIS_TITLES.get(a.column, a.column),
+        _AXIS_TITLES.get(b.column, b.column),
+        log_x=_log_scale(a, both),
+        log_y=_log_scale(b, both),
       )
     )
   if report.selections:
@@ -267,6 +565,7 @@ def render(report: Report, manifests: Mapping[str, dict]) -> str:
   body.append("<h2>Provenance</h2>" + _provenance(manifests))
   return (
     "<!doctype html><html><head><meta charset='utf-8'>"
+    "<meta name='viewport' content='width=device-width, initial-scale=1'>"
     f"<title>{_e(report.title)}</title><style>{_CSS}</style></head>"
     f"<body>{''.join(body)}</body></html>"
   )
@@ -302,7 +601,8 @@ def from_dirs(
 
   Args:
     corpus: An opened `io.corpus.Corpus` (texts and sources).
-    scores: `score` and `density` output directories.
+    scores: `score`, `perplexity`, `density` and `cluster` output
+      directories.
     selections: `select` output directories.
     title: Page title.
     limit: Read only the corpus's first `limit` records (large corpora);
@@ -315,29 +615,32 @@ def from_dirs(
   import itertools
 
   from data_efficient.io import results
-  from data_efficient.io import scores as scores_lib
 
-  records = itertools.islice(corpus.records(), limit)
-  ids, texts, sources = [], [], []
-  for r in records:
+  ids, texts, sources, problems = [], [], [], []
+  # id -> its records' positions; a repeated id has several.
+  positions = collections.defaultdict(list)
+  for r in itertools.islice(corpus.records(), limit):
+    positions[r.id].append(len(ids))
     ids.append(r.id)
     texts.append(r.text)
     sources.append(r.source)
-  index = {i: n for n, i in enumerate(ids)}
+    problems.append(r.problem)
   manifests: dict[str, dict] = {}
   columns = []
   for path in scores:
     s = scores_lib.read_scores(path)
     values = np.full(len(ids), np.nan)
+    # Stages write rows in corpus order, so the k-th row with an id scores
+    # the id's k-th record: a repeated id leaves its first record's score.
+    seen = collections.Counter()
     for i, v in zip(s.ids, s.values, strict=True):
-      if i in index:
-        values[index[i]] = v
-    if s.kind == scores_lib.QUALITY:
-      name = "Ask-LLM P(yes)" if s.column == "p_yes" else f"Ask-LLM {s.column}"
-    else:
-      config = s.manifest.get("run_config", {})
-      name = f"density ({config.get('estimator')}, {config.get('kernel')})"
-    columns.append(ScoreColumn(name, values, s.manifest))
+      at = positions.get(i, ())
+      if seen[i] < len(at):
+        values[at[seen[i]]] = v
+      seen[i] += 1
+    columns.append(
+      ScoreColumn(score_name(s), values, s.manifest, s.column, s.kind)
+    )
     manifests[f"{s.manifest.get('stage')}: {path}"] = s.manifest
     for key in ("embeddings_manifest",):
       if s.manifest.get(key):
@@ -350,9 +653,11 @@ def from_dirs(
     kept = set(results.read_results(path, columns=["id"]).column(0).to_pylist())
     # Named by directory: two selections may share a sampler.
     name = os.path.basename(os.path.normpath(path))
-    chosen.append(Selection(name, kept & set(index), manifest))
+    chosen.append(Selection(name, kept & positions.keys(), manifest))
     manifests[f"select {manifest.get('sampler')}: {path}"] = manifest
-  report = Report(title, ids, texts, sources, columns, chosen, list(notes))
+  report = Report(
+    title, ids, texts, sources, problems, columns, chosen, list(notes)
+  )
   return report, manifests
 
 

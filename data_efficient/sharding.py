@@ -48,7 +48,7 @@ def make_mesh(
   devices = list(jax.devices() if devices is None else devices)
   if model_parallelism < 1 or len(devices) % model_parallelism:
     raise ValueError(
-      f"--model_parallelism={model_parallelism} must be a positive divisor "
+      f"model_parallelism={model_parallelism} must be a positive divisor "
       f"of the device count ({len(devices)})."
     )
   shape = (len(devices) // model_parallelism, model_parallelism)

@@ -1,6 +1,7 @@
 """Reliability: hostile input through the whole pipeline, kills, device and
 process counts, and errors that come before any work is lost."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 from text_fixtures import synthetic_texts
 
-from data_efficient import cli
 from data_efficient.io import results
+from data_efficient.stages import askllm, configs, density, embed, select
 
 HOSTILE_LINES = [
   json.dumps({"id": "empty", "text": ""}),
@@ -42,20 +43,42 @@ def hostile_corpus(path, n_clean=40):
 def test_hostile_corpus_goes_through_every_stage_accounted_for(
   tmp_path, vocab_path
 ):
-  corpus, n = hostile_corpus(tmp_path / "hostile.jsonl")
-  common = ["--input", str(corpus), "--id_field", "id", "--on_error", "mark",
-            "--chunk_size", "16", "--no_progress"]  # fmt: skip
+  path, n = hostile_corpus(tmp_path / "hostile.jsonl")
+  strict = configs.CorpusConfig(input=str(path), id_field="id")
+  corpus = dataclasses.replace(strict, on_error="mark")
+  tiny = configs.ModelConfig(model="tiny", vocab=vocab_path)
+
+  def stream(name, **settings):
+    return configs.StreamConfig(
+      output=str(tmp_path / name), progress=False, **settings
+    )
+
   # Under the default policy the first bad line stops the run, naming it.
   with pytest.raises(ValueError, match=r"hostile\.jsonl:9: NUL"):
-    cli.main(["score", *common[:4], "--output", str(tmp_path / "strict"),
-              "--model", "tiny", "--vocab", vocab_path, "--no_progress"])  # fmt: skip
-  cli.main(["score", *common, "--output", str(tmp_path / "q"),
-            "--model", "tiny", "--vocab", vocab_path])  # fmt: skip
-  cli.main(["embed", *common, "--output", str(tmp_path / "e"),
-            "--model", "tiny_sentence_t5", "--vocab", vocab_path])  # fmt: skip
-  cli.main(["density", "--embeddings", str(tmp_path / "e"), "--output",
-            str(tmp_path / "d"), "--rows", "32", "--buckets", "256",
-            "--no_progress"])  # fmt: skip
+    askllm.score(
+      configs.ScoreConfig(corpus=strict, model=tiny, run=stream("strict"))
+    )
+  askllm.score(
+    configs.ScoreConfig(
+      corpus=corpus, model=tiny, run=stream("q", chunk_size=16)
+    )
+  )
+  embed.embed(
+    configs.EmbedConfig(
+      corpus=corpus,
+      model=dataclasses.replace(tiny, model="tiny_sentence_t5"),
+      run=stream("e", chunk_size=16),
+    )
+  )
+  density.density(
+    configs.DensityConfig(
+      embeddings=str(tmp_path / "e"),
+      output=str(tmp_path / "d"),
+      rows=32,
+      buckets=256,
+      progress=False,
+    )
+  )
   for stage in ("q", "e", "d"):
     manifest = results.read_manifest(tmp_path / stage)
     assert manifest["num_rows"] == n, stage
@@ -71,9 +94,14 @@ def test_hostile_corpus_goes_through_every_stage_accounted_for(
   q = results.read_results(tmp_path / "q")
   row = q.to_pylist()[[r["id"] for r in q.to_pylist()].index("huge")]
   assert row["truncated"] and row["n_tokens"] <= 512
-  cli.main(["select", "--scores", str(tmp_path / "q"), "--scores",
-            str(tmp_path / "d"), "--sampler", "askllm-then-ips", "--rate",
-            "0.5", "--output", str(tmp_path / "s")])  # fmt: skip
+  select.select(
+    configs.SelectConfig(
+      scores=(str(tmp_path / "q"), str(tmp_path / "d")),
+      sampler="askllm-then-ips",
+      rate=0.5,
+      output=str(tmp_path / "s"),
+    )
+  )
   manifest = results.read_manifest(tmp_path / "s")
   # Unreadable rows (malformed, missing field, duplicate) are never chosen.
   assert manifest["counts"]["num_excluded"] == 3
@@ -170,14 +198,21 @@ def test_errors_come_before_any_work(tmp_path, vocab_path):
     if name.endswith(".safetensors"):
       data = data[: len(data) // 2]
     (ckpt / name).write_bytes(data)
+
+  def score(output, **model):
+    askllm.score(
+      configs.ScoreConfig(
+        corpus=configs.CorpusConfig(input=str(corpus)),
+        model=configs.ModelConfig(vocab=vocab_path, **model),
+        run=configs.StreamConfig(output=str(output), progress=False),
+      )
+    )
+
   with pytest.raises(Exception, match="safetensors"):
-    cli.main(["score", "--input", str(corpus), "--output",
-              str(tmp_path / "q"), "--checkpoint", str(ckpt), "--vocab",
-              vocab_path, "--no_progress"])  # fmt: skip
+    score(tmp_path / "q", checkpoint=str(ckpt))
   assert not (tmp_path / "q").exists()
   # An output path that cannot be a directory.
   blocker = tmp_path / "file"
   blocker.write_text("x")
   with pytest.raises(Exception, match="file"):
-    cli.main(["score", "--input", str(corpus), "--output", str(blocker / "q"),
-              "--model", "tiny", "--vocab", vocab_path, "--no_progress"])  # fmt: skip
+    score(blocker / "q", model="tiny")

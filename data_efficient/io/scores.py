@@ -36,7 +36,7 @@ PRODUCERS = {
 class Scores:
   """One score per id, from one stage's output directory."""
 
-  kind: str  # QUALITY, DENSITY, SEMDEDUP or PROTOTYPES
+  kind: str  # QUALITY, DENSITY, SEMDEDUP, PROTOTYPES or PERPLEXITY
   path: str
   column: str
   ids: np.ndarray  # [n] str
@@ -46,11 +46,11 @@ class Scores:
 
 
 def read_scores(path: str, column: str | None = None) -> Scores:
-  """Reads a `score`, `density` or `cluster` output directory.
+  """Reads a `score`, `density`, `cluster` or `perplexity` output directory.
 
   Raises:
-    ValueError: if the directory is not a score, density or cluster output,
-      or has no such column.
+    ValueError: if the directory is not a score, density, cluster or
+      perplexity output, or has no such column.
   """
   manifest = results.read_manifest(path)
   stage = manifest.get("stage")

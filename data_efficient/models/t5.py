@@ -399,7 +399,7 @@ def _one_head_at_a_time(queries: int, keys: int) -> bool:
   same process): one head at a time is 5% faster at 512 tokens per row, 3%
   at 256, 1% slower at 128 and below. With it, 4 rows of 512 tokens per
   batch score 7-10% faster per row than the 2 rows that were best before
-  (`runner.CPU_TOKENS_PER_DEVICE`).
+  (`engine.CPU_TOKENS_PER_DEVICE`).
   Accelerators keep all heads in one batched matmul.
   """
   return jax.default_backend() == "cpu" and queries * keys >= 256 * 256

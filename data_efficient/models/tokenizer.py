@@ -38,7 +38,7 @@ class Tokenizer:
     except Exception as e:  # seqio raises TF's NotFoundError, among others.
       raise FileNotFoundError(
         f"Cannot load the SentencePiece vocabulary {path!r} ({e}). Pass "
-        "--vocab with a readable .model file."
+        "a readable .model file as the vocab setting (--vocab)."
       ) from e
     self.num_threads = num_threads or os.cpu_count() or 1
 

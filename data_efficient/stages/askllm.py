@@ -103,7 +103,7 @@ def encode_prompts(
     overhead = len(tokenizer.encode(build_prompt(""))) + 1
     if overhead >= max_length:
       raise ValueError(
-        f"--max_length={max_length} is too short: the prompt alone takes "
+        f"max_length={max_length} is too short: the prompt alone takes "
         f"{overhead} tokens."
       )
     # Bound the work on huge documents: no piece spans anywhere near 64

@@ -288,6 +288,7 @@ ESTIMATOR_FIELDS = (
   "bandwidth",
   "rows",
   "buckets",
+  "hashes_per_row",
   "seed",
   "debias",
   "median_kernel_value",
@@ -329,13 +330,20 @@ class DensityConfig(EmbeddingsStageConfig):
     "Kernel bandwidth / hash width (default: the kernel is 0.1 at the "
     "median pairwise distance of a seeded sample).",
   )
-  median_kernel_value: float = setting(
-    0.1,
+  median_kernel_value: float | None = setting(
+    None,
     "Default bandwidth rule: the kernel's value at the median pairwise "
-    "distance (smaller = more local neighbourhoods).",
+    "distance (smaller = more local neighbourhoods; default 0.1, and 0.03 "
+    "for the 'lsh' kernel with --hashes_per_row > 1).",
   )
   rows: int = setting(1000, "Sketch rows R.")
   buckets: int = setting(20000, "Sketch buckets B per row.")
+  hashes_per_row: int = setting(
+    12,
+    "K p-stable hashes concatenated into each sketch row's bucket (RACE); "
+    "the 'lsh' kernel is one hash's collision probability to the power K "
+    "(larger = more local).",
+  )
   seed: int = setting(0)
   debias: bool = setting(
     False, "Sketch: subtract the expected bucket-collision count."
@@ -355,14 +363,25 @@ class DensityConfig(EmbeddingsStageConfig):
         f"kernel={self.kernel!r}: the sketch estimates the 'lsh' kernel "
         "only; use estimator='exact' for other kernels."
       )
+    if self.hashes_per_row < 1:
+      raise ValueError(f"hashes_per_row={self.hashes_per_row}: must be >= 1.")
 
   def run_config(self) -> dict[str, Any]:
-    """What determines the rows (recorded in the manifest)."""
+    """What determines the rows (recorded in the manifest).
+
+    `hashes_per_row` is left out where it does not change the scores (a
+    kernel other than 'lsh') or is 1, which is what runs from before it
+    existed computed: their output directories still resume, and a run with
+    another K is refused, naming the setting.
+    """
+    settings = {name: getattr(self, name) for name in ESTIMATOR_FIELDS}
+    if self.kernel != "lsh" or self.hashes_per_row == 1:
+      del settings["hashes_per_row"]
     return {
       "stage": "density",
       "embeddings": self.embeddings,
       "batch_rows": self.batch_rows,
-      **{name: getattr(self, name) for name in ESTIMATOR_FIELDS},
+      **settings,
     }
 
 

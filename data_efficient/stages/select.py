@@ -89,7 +89,7 @@ def choose(
   have = {s.kind for s in inputs}
   if missing := [n for n in needs if n not in have]:
     raise ValueError(
-      f"--sampler {sampler} needs {' and '.join(missing)} scores "
+      f"sampler={sampler!r} needs {' and '.join(missing)} scores "
       f"({', '.join(scores_lib.PRODUCERS[m][1] for m in missing)} output)."
     )
   ids, values, problems = _aligned(inputs)
@@ -139,7 +139,7 @@ def choose(
     top = sampling.rate_to_k(quality_rate, n)
     if top < k:
       raise ValueError(
-        f"--quality_rate {quality_rate} keeps {top} examples, fewer than "
+        f"quality_rate={quality_rate} keeps {top} examples, fewer than "
         f"the {k} to select."
       )
     pool = np.isin(

@@ -1,4 +1,5 @@
-"""Tests of the Sentence-T5 embedding stage, through the runner and the CLI."""
+"""Tests of the Sentence-T5 embedding stage, through the runner and the stage
+function."""
 
 import hashlib
 import os
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 from text_fixtures import synthetic_texts
 
-from data_efficient import cli, sharding
+from data_efficient import sharding
 from data_efficient.io import embeddings, results
 from data_efficient.models import checkpoints, t5, tokenizer
-from data_efficient.stages import embed, engine
+from data_efficient.stages import configs, embed, engine
 
 FIXTURE = os.path.join(
   os.path.dirname(__file__), "..", "testdata", "sentence_t5"
@@ -95,19 +96,28 @@ def test_prepare_cuts_and_appends_eos(stage_and_params):
   np.testing.assert_array_equal(prepared.columns["truncated"], [1, 0, 0])
 
 
+def run_embed(corpus, out, model, **settings):
+  """The embed stage over `corpus` into `out`; the ids and vectors written."""
+  manifest = embed.embed(
+    configs.EmbedConfig(
+      corpus=configs.CorpusConfig(input=str(corpus)),
+      model=model,
+      run=configs.StreamConfig(output=str(out), chunk_size=8, progress=False),
+      **settings,
+    )
+  )
+  assert manifest == results.read_manifest(out)
+  return embeddings.read_embeddings(str(out))
+
+
 @pytest.mark.parametrize("storage", ["float32", "float16"])
-def test_embed_cli_writes_vectors_next_to_ids(tmp_path, small_vocab, storage):
+def test_embed_stage_writes_vectors_next_to_ids(tmp_path, small_vocab, storage):
   corpus = tmp_path / "c.txt"
   corpus.write_text("\n".join(synthetic_texts(30, seed=7)) + "\n")
-  out = tmp_path / "emb"
-  code = cli.main([
-      "embed", "--input", str(corpus), "--output", str(out),
-      "--checkpoint", FIXTURE, "--vocab", small_vocab,
-      "--max_length", "64", "--storage_dtype", storage,
-      "--chunk_size", "8", "--no_progress",
-  ])  # fmt: skip
-  assert code == 0
-  ids, vectors = embeddings.read_embeddings(str(out))
+  model = configs.ModelConfig(checkpoint=FIXTURE, vocab=small_vocab)
+  ids, vectors = run_embed(
+    corpus, tmp_path / "emb", model, max_length=64, storage_dtype=storage
+  )
   assert ids == [f"c.txt:{i}" for i in range(1, 31)]
   dim = checkpoints.config_from_checkpoint(FIXTURE).projection_dim
   assert vectors.shape == (30, dim) and vectors.dtype == np.float32
@@ -128,17 +138,15 @@ def test_a_checkpoint_folders_own_vocabulary_is_used_without_vocab(
   shutil.copy(small_vocab, folder / checkpoints.VOCAB_FILE)
   corpus = tmp_path / "c.txt"
   corpus.write_text("\n".join(synthetic_texts(5, seed=8)) + "\n")
-  args = [
-      "embed", "--input", str(corpus), "--output", str(tmp_path / "emb"),
-      "--checkpoint", str(folder), "--max_length", "64", "--no_progress",
-  ]  # fmt: skip
-  assert cli.main(args) == 0
+  model = configs.ModelConfig(checkpoint=str(folder))  # no vocab
+  run_embed(corpus, tmp_path / "emb", model, max_length=64)
   manifest = results.read_manifest(tmp_path / "emb")
   vocab = str(folder / checkpoints.VOCAB_FILE)
   assert manifest["run_config"]["vocab"] == vocab
   digest = hashlib.sha256(open(small_vocab, "rb").read()).hexdigest()
   assert manifest["vocabulary"] == {"path": vocab, "sha256": digest}
-  assert cli.main(args) == 0  # the same run: complete, not refused
+  # The same run again: complete, not refused.
+  run_embed(corpus, tmp_path / "emb", model, max_length=64)
 
 
 def test_npy_embeddings_are_read_with_row_ids(tmp_path):
@@ -152,7 +160,7 @@ def test_npy_embeddings_are_read_with_row_ids(tmp_path):
     embeddings.read_embeddings(str(path))
 
 
-def test_minilm_embeddings_through_the_cli(tmp_path):
+def test_minilm_embeddings_through_the_stage(tmp_path):
   """The offline real-weights embedder, if its package is installed."""
   from data_efficient.models.checkpoints import hf
 
@@ -164,13 +172,8 @@ def test_minilm_embeddings_through_the_cli(tmp_path):
   corpus.write_text(
     "A river flows to the sea.\nRivers flow into seas.\nTaxes rose.\n"
   )
-  out = tmp_path / "emb"
-  code = cli.main([
-      "embed", "--input", str(corpus), "--output", str(out),
-      "--model", cli.MINILM, "--chunk_size", "8", "--no_progress",
-  ])  # fmt: skip
-  assert code == 0
-  _, v = embeddings.read_embeddings(str(out))
+  model = configs.ModelConfig(model=configs.MINILM)
+  _, v = run_embed(corpus, tmp_path / "emb", model)
   assert v.shape == (3, 384)
   sims = v @ v.T
   assert sims[0, 1] > sims[0, 2] + 0.2  # real weights: rivers are alike

@@ -1,5 +1,6 @@
 """Tests of the streaming runner: packing, batching, and the score stage end
-to end through the CLI (resume after SIGKILL, 2 processes = 1 process)."""
+to end (and through the command: resume after SIGKILL, 2 processes = 1
+process)."""
 
 import json
 import os
@@ -14,10 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from text_fixtures import synthetic_texts
 
-from data_efficient import cli
 from data_efficient.io import results
 from data_efficient.models import t5
-from data_efficient.stages import engine
+from data_efficient.stages import askllm, configs, engine
 
 
 @pytest.mark.parametrize("max_segments", [1, 3, 8])
@@ -86,7 +86,19 @@ def test_score_writes_every_row_and_a_manifest(
 ):
   corpus = write_corpus(tmp_path / "c.jsonl", 70)
   out = tmp_path / "scores"
-  assert cli.main(score_args(corpus, out, vocab_path)) == 0
+  config = configs.ScoreConfig(  # the settings of `score_args`
+    corpus=configs.CorpusConfig(input=str(corpus), id_field="id"),
+    model=configs.ModelConfig(model="tiny", vocab=vocab_path),
+    max_length=256,
+    run=configs.StreamConfig(
+      output=str(out),
+      tokens_per_batch=2048,
+      chunk_size=16,
+      chunks_per_shard=2,
+      progress=False,
+    ),
+  )
+  returned = askllm.score(config)
   table = results.read_results(out)
   assert table.column("id").to_pylist() == [f"doc-{i}" for i in range(70)]
   p = table.column("p_yes").to_numpy()
@@ -96,6 +108,7 @@ def test_score_writes_every_row_and_a_manifest(
   )
   assert table.column("problem").to_pylist()[3] == "empty"
   manifest = results.read_manifest(out)
+  assert returned == manifest
   assert manifest["num_rows"] == 70
   assert manifest["problems"] == {"empty": 1}
   assert manifest["random_weights"] is True
@@ -108,7 +121,7 @@ def test_score_writes_every_row_and_a_manifest(
     raise AssertionError("a finished run's rerun read the weights")
 
   monkeypatch.setattr(t5, "init_params", no_weights)
-  assert cli.main(score_args(corpus, out, vocab_path)) == 0
+  assert askllm.score(config) == manifest
   assert sorted(os.listdir(out)) == before
   assert "is already complete" in capsys.readouterr().err
 

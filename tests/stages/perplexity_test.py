@@ -1,6 +1,7 @@
 """Tests of the perplexity filter: the prefix/target split, seq2seq packing,
 the teacher-forced NLL step, and parity with transformers' T5 loss."""
 
+import json
 import pathlib
 
 import jax
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 from text_fixtures import synthetic_texts
 
+from data_efficient.io import results
 from data_efficient.models import checkpoints, presets, t5, tokenizer
-from data_efficient.stages import engine, perplexity
+from data_efficient.stages import configs, engine, perplexity, select
 
 CONFIG = presets.TINY.replace(vocab_size=320)
 MAX_TOKENS = 64
@@ -293,12 +295,7 @@ def test_mean_nll_matches_transformers_loss_live():
       np.testing.assert_allclose(ours[i], loss, atol=1e-4, rtol=0)
 
 
-def test_perplexity_cli_and_selection_keep_the_lowest(tmp_path, vocab_path):
-  import json
-
-  from data_efficient import cli
-  from data_efficient.io import results
-
+def test_perplexity_stage_and_selection_keep_the_lowest(tmp_path, vocab_path):
   texts = synthetic_texts(30, seed=21)
   texts[4] = ""  # too short to split: NaN, never selected
   corpus = tmp_path / "c.jsonl"
@@ -308,18 +305,27 @@ def test_perplexity_cli_and_selection_keep_the_lowest(tmp_path, vocab_path):
     )
   )
   out = tmp_path / "ppl"
-  assert cli.main(["perplexity", "--input", str(corpus), "--id_field", "id",
-                   "--output", str(out), "--model", "tiny", "--vocab",
-                   vocab_path, "--max_tokens", "64", "--chunk_size", "16",
-                   "--no_progress"]) == 0  # fmt: skip
+  manifest = perplexity.perplexity(
+    configs.PerplexityConfig(
+      corpus=configs.CorpusConfig(input=str(corpus), id_field="id"),
+      model=configs.ModelConfig(model="tiny", vocab=vocab_path),
+      max_tokens=64,
+      run=configs.StreamConfig(output=str(out), chunk_size=16, progress=False),
+    )
+  )
+  assert manifest == results.read_manifest(out)
   table = results.read_results(out)
   nll = dict(zip(table.column("id").to_pylist(),
                  table.column("mean_nll").to_numpy(), strict=True))  # fmt: skip
   assert np.isnan(nll["d4"]) and table.num_rows == 30
   assert results.read_manifest(out)["run_config"]["split"] == "first_half_v1"
   sel = tmp_path / "sel"
-  assert cli.main(["select", "--scores", str(out), "--sampler", "perplexity",
-                   "--k", "5", "--output", str(sel)]) == 0  # fmt: skip
+  selection = select.select(
+    configs.SelectConfig(
+      scores=(str(out),), sampler="perplexity", k=5, output=str(sel)
+    )
+  )
+  assert selection == results.read_manifest(sel)
   chosen = results.read_results(sel).column("id").to_pylist()
   finite = sorted((v, k) for k, v in nll.items() if np.isfinite(v))
   assert sorted(chosen) == sorted(k for _, k in finite[:5])

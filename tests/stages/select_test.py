@@ -1,12 +1,10 @@
-"""Tests of `data-efficient select` over score and density directories."""
+"""Tests of the `select` stage over score and density directories."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from data_efficient import cli
-from data_efficient.cli import flags
-from data_efficient.io import records, results, scores
+from data_efficient.io import results, scores
 from data_efficient.stages import configs, select
 
 
@@ -44,17 +42,16 @@ def dirs(tmp_path):
   return q, d
 
 
-def run(tmp_path, *args):
+def run(tmp_path, **settings):
   out = tmp_path / "sel"
-  assert cli.main(["select", "--output", str(out), *args]) == 0
-  return results.read_results(out).column(
-    "id"
-  ).to_pylist(), results.read_manifest(out)
+  manifest = select.select(configs.SelectConfig(output=str(out), **settings))
+  assert manifest == results.read_manifest(out)
+  return results.read_results(out).column("id").to_pylist(), manifest
 
 
 def test_askllm_topk_keeps_the_highest_scores(tmp_path, dirs):
   ids, manifest = run(
-    tmp_path, "--scores", dirs[0], "--sampler", "askllm-topk", "--rate", "0.3"
+    tmp_path, scores=(dirs[0],), sampler="askllm-topk", rate=0.3
   )
   assert ids == ["d0", "d2", "d4"]
   assert manifest["counts"] == {
@@ -66,9 +63,7 @@ def test_askllm_topk_keeps_the_highest_scores(tmp_path, dirs):
 
 
 def test_density_topk_and_bottomk_skip_excluded_rows(tmp_path, dirs):
-  ids, _ = run(
-    tmp_path, "--scores", dirs[1], "--sampler", "density-bottomk", "--k", "2"
-  )
+  ids, _ = run(tmp_path, scores=(dirs[1],), sampler="density-bottomk", k=2)
   assert ids == ["d1", "d3"]
   top = select.choose("density-topk", [scores.read_scores(dirs[1])], k=2)[0]
   assert list(top) == ["d5", "d6"]  # d9 (density 10) is malformed: excluded
@@ -105,15 +100,3 @@ def test_bad_requests_are_clear_errors(tmp_path, dirs):
   other = write_dir(tmp_path / "o", "density", "density", IDS[:9], DENSITY[:9])
   with pytest.raises(ValueError, match="different examples"):
     select.choose("askllm-then-ips", [q, scores.read_scores(other)], k=1)
-
-
-def test_cli_select_flags_come_from_the_library():
-  parser = cli.build_parser()
-  base = ["select", "--scores", "s", "--k", "1", "--output", "o"]
-  for sampler in select.SAMPLERS:
-    args = parser.parse_args([*base, "--sampler", sampler])
-    config = flags.config_from_args(configs.SelectConfig, args)
-    assert config.sampler == sampler
-    assert config.exclude_problems == records.DEFAULT_EXCLUDED_PROBLEMS
-  with pytest.raises(SystemExit):
-    parser.parse_args([*base, "--sampler", "nonsense"])

@@ -22,7 +22,7 @@ integers; only the float sums are reduced in a device-count-dependent order,
 so 1 and 8 devices give the same assignments (barring exact near-ties) and
 centroids equal to float rounding. The same command on the same devices is
 bitwise reproducible, which is what lets a killed run resume from an
-iteration checkpoint (`checkpointing`) and end with identical centroids.
+iteration checkpoint (`runs.snapshots`) and end with identical centroids.
 
 Matmuls run at `Precision.HIGHEST`: on TPU and GPU the default float32 matmul
 rounds inputs to bfloat16 / TF32, enough to move points between clusters.

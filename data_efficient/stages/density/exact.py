@@ -73,6 +73,7 @@ def _block_sums(
   key_sqnorms: jax.Array,
   bandwidth: jax.Array,
   kernel: str,
+  hashes_per_row: int,
 ) -> jax.Array:
   """sum_j k(q_i, key_j) for one query block, pipelined over key blocks.
 
@@ -82,6 +83,7 @@ def _block_sums(
     key_sqnorms: [n_kb, kb] squared key norms, +inf on padding keys.
     bandwidth: Scalar.
     kernel: Kernel name.
+    hashes_per_row: The 'lsh' kernel's power K.
 
   Returns:
     [qb] sums.
@@ -95,7 +97,9 @@ def _block_sums(
   def tile_sum(dot, k_sqnorm):
     # [qb, kb] -> [qb]
     sqdist = kernels.squared_distances_from_dot(dot, q_sqnorm, k_sqnorm, snap)
-    values = kernels.kernel_from_squared_distances(sqdist, kernel, bandwidth)
+    values = kernels.kernel_from_squared_distances(
+      sqdist, kernel, bandwidth, hashes_per_row
+    )
     return jnp.sum(values, axis=-1)
 
   def step(carry, xs):
@@ -113,7 +117,11 @@ def _block_sums(
 
 @functools.cache
 def _sums_fn(
-  mesh: jax.sharding.Mesh, kernel: str, query_block: int, key_block: int
+  mesh: jax.sharding.Mesh,
+  kernel: str,
+  hashes_per_row: int,
+  query_block: int,
+  key_block: int,
 ):
   """The jit-compiled, mesh-sharded kernel-sum program."""
   axes = mesh.axis_names
@@ -129,7 +137,9 @@ def _sums_fn(
     key_sqnorms = k_sqnorm.reshape(-1, key_block)
     q_blocks = q.reshape(-1, query_block, q.shape[-1])
     sums = jax.lax.map(
-      lambda qb: _block_sums(qb, key_blocks, key_sqnorms, bandwidth, kernel),
+      lambda qb: _block_sums(
+        qb, key_blocks, key_sqnorms, bandwidth, kernel, hashes_per_row
+      ),
       q_blocks,
     )
     return sums.reshape(-1)
@@ -150,6 +160,7 @@ def kernel_sums(
   kernel: kernels.Kernel,
   bandwidth: float,
   *,
+  hashes_per_row: int = 1,
   mesh: jax.sharding.Mesh,
   query_block: int = DEFAULT_QUERY_BLOCK,
   key_block: int = DEFAULT_KEY_BLOCK,
@@ -164,6 +175,9 @@ def kernel_sums(
     kernel: One of `kernels.KERNELS`.
     bandwidth: h (the hash width w for 'lsh'); see
       `kernels.default_bandwidth`.
+    hashes_per_row: 'lsh' only: the kernel is the K-th power of the
+      collision probability, the kernel of a sketch with K hashes per row
+      (other kernels ignore it).
     mesh: Mesh from `sharding.make_mesh`; queries are split over all its
       devices.
     query_block: Query rows per tile.
@@ -178,7 +192,7 @@ def kernel_sums(
       bad block sizes, or NaN/inf in NumPy inputs (JAX arrays are not
       checked, to avoid a device-to-host copy).
   """
-  kernels.check_kernel(kernel, bandwidth)
+  kernels.check_kernel(kernel, bandwidth, hashes_per_row)
   if not isinstance(queries, jax.Array):
     queries = np.asarray(queries, np.float32)
   if not isinstance(keys, jax.Array):
@@ -203,7 +217,9 @@ def kernel_sums(
   qb, kb = _block_sizes(n_queries, n_keys, query_block, key_block)
   queries = sharding.shard_rows(queries, mesh, mesh.size * qb)
   keys = sharding.shard_rows(keys, mesh, kb, replicate=True)
-  sums = _sums_fn(mesh, kernel, qb, kb)(
+  # Other kernels ignore K: one compiled program for them whatever K is.
+  power = hashes_per_row if kernel == "lsh" else 1
+  sums = _sums_fn(mesh, kernel, power, qb, kb)(
     queries, keys, jnp.int32(n_keys), jnp.float32(bandwidth)
   )
   return sums[:n_queries]

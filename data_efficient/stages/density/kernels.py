@@ -8,18 +8,26 @@ vectors, so one [n, m] distance tile (one matmul) serves them all.
 - 'cosine':    exp((cos(x, y) - 1) / h). On the unit sphere
   ||x - y||^2 = 2 - 2 cos(x, y), so this is the Gaussian kernel of the
   L2-normalised vectors with 2 h_gauss^2 = 2 h: inputs are normalised first.
-- 'lsh':       the collision probability of one p-stable (Gaussian) L2 hash
-  floor((a.x + b) / w), a ~ N(0, I), b ~ U[0, w) (Datar et al., 2004):
-  p(c) = 1 - 2 Phi(-w/c) - 2 / (sqrt(2 pi) (w/c)) (1 - exp(-(w/c)^2 / 2)),
-  p(0) = 1, for c = ||x - y||. The bandwidth is the hash width w. This is the
-  kernel whose sum the RACE sketch (`sketch.py`) estimates, so the exact sum
-  with it is the sketch's ground truth. It decays only like w / (2.5 c).
+- 'lsh':       p(c)^K, the probability that K independent p-stable
+  (Gaussian) L2 hashes floor((a.x + b) / w), a ~ N(0, I), b ~ U[0, w), all
+  agree on x and y, where one hash agrees with probability (Datar et al.,
+  2004) p(c) = 1 - 2 Phi(-w/c) - 2 / (sqrt(2 pi) (w/c)) (1 - exp(-(w/c)^2/2)),
+  p(0) = 1, for c = ||x - y||. The bandwidth is the hash width w; K is
+  `hashes_per_row`. This is the kernel whose sum the RACE sketch
+  (`sketch.py`) estimates, so the exact sum with it is the sketch's ground
+  truth. p alone decays only like w / (2.5 c); p^K like (w / (2.5 c))^K.
 
 Default bandwidth (`default_bandwidth`): the bandwidth at which two points at
 the median pairwise distance of the data (on a seeded sample) have kernel
-value `median_kernel_value` (0.1 by default). One rule for all four kernels,
-tied to the data's scale: a fixed width such as w = 1 on unit vectors makes
-the LSH kernel nearly constant (about 10 hash values per row).
+value `median_kernel_value`. One rule for all four kernels, tied to the
+data's scale (a fixed width such as w = 1 on unit vectors makes the LSH
+kernel nearly constant: about 10 hash values per row), with a per-kernel
+value (`default_kernel_value`): 0.1, except 0.03 for 'lsh' with K > 1.
+Why 0.03: p^K is at best Laplacian-shaped (p(c/w)^K -> v^(c/m) as K grows
+with k(m) = v fixed), which separates clusters less than a Gaussian with the
+same value at the median, so it needs a smaller value; too small a value
+lets every point's own term (k(x, x) = 1) outweigh its neighbours in small
+clusters. docs/stages.md gives the measurements.
 """
 
 from __future__ import annotations
@@ -42,9 +50,27 @@ KERNELS = configs.KERNELS
 # the kernels that are not smooth at zero (laplacian, lsh).
 _SNAP = 32 * float(np.finfo(np.float32).eps)
 
+DEFAULT_KERNEL_VALUE = 0.1
+# 'lsh' with K > 1 hashes (K = 1 keeps 0.1, what runs before K resolved).
+DEFAULT_SHARP_LSH_KERNEL_VALUE = 0.03
 
-def check_kernel(kernel: str, bandwidth: float) -> None:
-  """Raises ValueError for an unknown kernel or a non-positive bandwidth."""
+
+def default_kernel_value(kernel: str, hashes_per_row: int = 1) -> float:
+  """The default rule's kernel value at the median pairwise distance."""
+  if kernel == "lsh" and hashes_per_row > 1:
+    return DEFAULT_SHARP_LSH_KERNEL_VALUE
+  return DEFAULT_KERNEL_VALUE
+
+
+def check_kernel(
+  kernel: str, bandwidth: float, hashes_per_row: int = 1
+) -> None:
+  """Raises ValueError for an unknown kernel, a non-positive bandwidth or
+  hash count."""
+  if isinstance(hashes_per_row, bool) or not (
+    isinstance(hashes_per_row, numbers.Integral) and hashes_per_row >= 1
+  ):
+    raise ValueError(f"hashes_per_row={hashes_per_row!r} must be an int >= 1.")
   if kernel not in KERNELS:
     raise ValueError(f"kernel={kernel!r} is not one of {KERNELS}.")
   if not (
@@ -115,7 +141,10 @@ def lsh_collision_probability(
 
 
 def kernel_from_squared_distances(
-  sqdist: jax.Array, kernel: str, bandwidth: float | jax.Array
+  sqdist: jax.Array,
+  kernel: str,
+  bandwidth: float | jax.Array,
+  hashes_per_row: int = 1,
 ) -> jax.Array:
   """k as a function of ||x - y||^2 (inputs already normalised for 'cosine').
 
@@ -123,6 +152,8 @@ def kernel_from_squared_distances(
     sqdist: Squared distances (any shape), +inf allowed (gives 0).
     kernel: One of `KERNELS`.
     bandwidth: h (or the hash width w for 'lsh').
+    hashes_per_row: 'lsh' only: the power K of the collision probability
+      (the other kernels ignore it).
 
   Returns:
     Kernel values, same shape as `sqdist`.
@@ -135,12 +166,17 @@ def kernel_from_squared_distances(
   if kernel == "laplacian":
     return jnp.exp(jnp.sqrt(sqdist) * (-1.0 / bandwidth))
   if kernel == "lsh":
-    return lsh_collision_probability(jnp.sqrt(sqdist), bandwidth)
+    p = lsh_collision_probability(jnp.sqrt(sqdist), bandwidth)
+    return p if hashes_per_row == 1 else p**hashes_per_row
   raise ValueError(f"kernel={kernel!r} is not one of {KERNELS}.")
 
 
 def kernel_matrix(
-  x: jax.Array, y: jax.Array, kernel: Kernel, bandwidth: float
+  x: jax.Array,
+  y: jax.Array,
+  kernel: Kernel,
+  bandwidth: float,
+  hashes_per_row: int = 1,
 ) -> jax.Array:
   """The [n, m] matrix k(x_i, y_j) for small inputs (one tile, no blocking).
 
@@ -149,11 +185,12 @@ def kernel_matrix(
     y: [m, d] vectors.
     kernel: One of `KERNELS`.
     bandwidth: h, or the LSH width w.
+    hashes_per_row: 'lsh' only: the power K of the collision probability.
 
   Returns:
     [n, m] float32 kernel values.
   """
-  check_kernel(kernel, bandwidth)
+  check_kernel(kernel, bandwidth, hashes_per_row)
   x = jnp.asarray(x, jnp.float32)
   y = jnp.asarray(y, jnp.float32)
   if normalize_inputs(kernel):
@@ -164,7 +201,9 @@ def kernel_matrix(
     jnp.sum(y * y, axis=-1),
     snap=kernel in ("laplacian", "lsh"),
   )
-  return kernel_from_squared_distances(sqdist, kernel, bandwidth)
+  return kernel_from_squared_distances(
+    sqdist, kernel, bandwidth, hashes_per_row
+  )
 
 
 def _lsh_probability_np(t: float) -> float:
@@ -175,12 +214,12 @@ def _lsh_probability_np(t: float) -> float:
 
 
 def bandwidth_for_kernel_value(
-  distance: float, kernel: Kernel, value: float
+  distance: float, kernel: Kernel, value: float, hashes_per_row: int = 1
 ) -> float:
   """The bandwidth h with k(distance) = value (0 < value < 1).
 
   For 'cosine', `distance` is the Euclidean distance between the normalised
-  vectors (sqrt(2 - 2 cos)).
+  vectors (sqrt(2 - 2 cos)); for 'lsh', k = p^K with K = `hashes_per_row`.
   """
   if not 0.0 < value < 1.0:
     raise ValueError(f"median_kernel_value={value} must be in (0, 1).")
@@ -197,13 +236,14 @@ def bandwidth_for_kernel_value(
   if kernel == "laplacian":
     return distance / log_v
   if kernel == "lsh":
-    # p is increasing in t = w / c: bisect for p(t) = value.
+    # p is increasing in t = w / c: bisect for p(t) = value^(1/K).
+    target = value ** (1.0 / hashes_per_row)
     lo, hi = 1e-12, 1.0
-    while _lsh_probability_np(hi) < value:
+    while _lsh_probability_np(hi) < target:
       hi *= 2.0
     for _ in range(200):
       mid = 0.5 * (lo + hi)
-      lo, hi = (mid, hi) if _lsh_probability_np(mid) < value else (lo, mid)
+      lo, hi = (mid, hi) if _lsh_probability_np(mid) < target else (lo, mid)
     return 0.5 * (lo + hi) * distance
   raise ValueError(f"kernel={kernel!r} is not one of {KERNELS}.")
 
@@ -250,22 +290,26 @@ def default_bandwidth(
   x: np.ndarray,
   kernel: Kernel,
   *,
-  median_kernel_value: float = 0.1,
+  hashes_per_row: int = 1,
+  median_kernel_value: float | None = None,
   sample_size: int = 1000,
   seed: int = 0,
 ) -> float:
-  """The bandwidth (LSH width) that gives k = 0.1 at the median distance.
+  """The bandwidth (LSH width) that gives k = v at the median distance.
 
   The median pairwise distance m is measured on a seeded sample of at most
-  `sample_size` rows; the result solves k(m) = `median_kernel_value`:
-  gaussian h = m / sqrt(2 ln 10), laplacian h = m / ln 10, cosine
-  h = (1 - median cos) / ln 10, lsh w ~= m / 3.94 (by bisection). Larger
-  values of `median_kernel_value` give wider, smoother kernels.
+  `sample_size` rows; the result solves k(m) = v = `median_kernel_value`.
+  With v = 0.1: gaussian h = m / sqrt(2 ln 10), laplacian h = m / ln 10,
+  cosine h = (1 - median cos) / ln 10, lsh (K = 1) w ~= m / 3.94 (by
+  bisection; for K > 1, p(m / w) = v^(1/K)). Larger values give wider,
+  smoother kernels.
 
   Args:
     x: [n, d] vectors (e.g. a sample of the embeddings).
     kernel: One of `KERNELS`.
-    median_kernel_value: Kernel value at the median distance, in (0, 1).
+    hashes_per_row: 'lsh' only: the kernel's power K.
+    median_kernel_value: Kernel value at the median distance, in (0, 1);
+      None = `default_kernel_value(kernel, hashes_per_row)`.
     sample_size: Rows used to estimate the median distance.
     seed: Seed of the row sample.
 
@@ -280,4 +324,8 @@ def default_bandwidth(
     sample_size=sample_size,
     seed=seed,
   )
-  return bandwidth_for_kernel_value(m, kernel, median_kernel_value)
+  if median_kernel_value is None:
+    median_kernel_value = default_kernel_value(kernel, hashes_per_row)
+  return bandwidth_for_kernel_value(
+    m, kernel, median_kernel_value, hashes_per_row
+  )

@@ -32,8 +32,12 @@ SKETCH_CHECKPOINTS = "sketch_checkpoints"
 def resolve_bandwidth(
   path: str, config: configs.DensityConfig
 ) -> configs.DensityConfig:
-  """`config` with its bandwidth set: as given, or the default rule on a
-  seeded sample of the first batch (recorded in the manifest either way)."""
+  """`config` with its median kernel value and bandwidth set: as given, or
+  the default rule on a seeded sample of the first batch (recorded in the
+  manifest either way)."""
+  if config.median_kernel_value is None:
+    value = kernels.default_kernel_value(config.kernel, config.hashes_per_row)
+    config = dataclasses.replace(config, median_kernel_value=value)
   if config.bandwidth is not None:
     return config
   _, _, first = next(embeddings.iter_embeddings(path), (None, None, None))
@@ -42,6 +46,7 @@ def resolve_bandwidth(
   width = kernels.default_bandwidth(
     first,
     config.kernel,
+    hashes_per_row=config.hashes_per_row,
     median_kernel_value=config.median_kernel_value,
     seed=config.seed,
   )
@@ -74,7 +79,7 @@ def build_sketch(
   """Pass 1: every embedding counted once in every row.
 
   With `checkpoint_dir`, the counts and the number of rows added so far are
-  saved there (Orbax, `checkpointing`) at the end of the first batch after
+  saved there (Orbax, `runs.snapshots`) at the end of the first batch after
   every `checkpoint_every` rows, and once the pass is over; the hash
   parameters are not stored, as they follow from (seed, width, rows,
   buckets, dim), which the checkpoint records and checks. A rerun restores
@@ -93,6 +98,7 @@ def build_sketch(
         config.bandwidth,
         rows=config.rows,
         buckets=config.buckets,
+        hashes_per_row=config.hashes_per_row,
         seed=config.seed,
       )
       if checkpoint_dir is not None:
@@ -145,6 +151,8 @@ def _open_checkpoint(directory: str, path: str, config, state):
     "buckets": config.buckets,
     "seed": config.seed,
   }
+  if state.hashes_per_row != 1:  # Absent in (and equal to) K = 1 checkpoints.
+    settings["hashes_per_row"] = state.hashes_per_row
   ckpt = snapshots.StateCheckpointer(directory, config=settings)
   restored = ckpt.restore_latest({"counts": state.counts})
   if restored is None:
@@ -208,7 +216,12 @@ def density_scores(
 
     def score(vectors):
       return exact.kernel_sums(
-        vectors, keys, config.kernel, config.bandwidth, mesh=mesh
+        vectors,
+        keys,
+        config.kernel,
+        config.bandwidth,
+        hashes_per_row=config.hashes_per_row,
+        mesh=mesh,
       )
 
   done = 0

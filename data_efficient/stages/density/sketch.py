@@ -1,10 +1,14 @@
 """RACE sketch: kernel-sum density scores in two streaming passes.
 
 A sketch is R rows x B buckets of int32 counts (the paper's R = 1000,
-B = 20000: 80 MB). Row r owns one p-stable L2 hash
-h_r(x) = floor((a_r . x + b_r) / w), a_r ~ N(0, I), b_r ~ U[0, w), whose
-integer value is reduced to a bucket by a salted 32-bit mixer (murmur3's
-finaliser) and a multiply-shift range reduction.
+B = 20000: 80 MB). Row r owns K p-stable L2 hashes (RACE's concatenation,
+Coleman & Shrivastava 2020) h_rk(x) = floor((a_rk . x + b_rk) / w),
+a_rk ~ N(0, I), b_rk ~ U[0, w), k = 1..K, whose integer values are combined
+into one 32-bit value by a salted chain of murmur3's finaliser,
+v_0 = salt_r, v_k = mix(v_{k-1} xor h_rk(x)), and v_K is reduced to a bucket
+by a multiply-shift range reduction. The chain is fixed integer arithmetic,
+so the bucket of a K-tuple is the same on every device count; with K = 1 it
+is mix(salt_r xor h_r1(x)), the single-hash sketch's bucket.
 
 Pass 1, `add`: every example adds 1 to one bucket per row. Sketches built
 from disjoint data (devices, hosts, chunks) with the same seed add up
@@ -13,32 +17,40 @@ the per-device counts are summed.
 
 Pass 2, `scores`: score(x) = mean over rows of the count in x's bucket.
 
-What it estimates. Two points share a row's hash value with probability
+What it estimates. Two points share one hash value with probability
 p(||x - y||), the p-stable collision kernel (`kernels.lsh_collision_
-probability`, width w); two *different* hash values share a bucket with
-probability q ~= 1/B (the range reduction, treated as a random function). So
-for N examples in the sketch
+probability`, width w), hence all K of a row's values with probability
+k(x, y) = p^K (the hashes are independent); two *different* K-tuples share a
+bucket with probability q ~= 1/B (the mixer and range reduction, treated as a
+random function). So for N examples in the sketch
 
-  E[count in x's bucket] = sum_j p(||x - x_j||) + q (N - sum_j p(...))
+  E[count in x's bucket] = sum_j k(x, x_j) + q (N - sum_j k(x, x_j))
                          = (1 - q) S(x) + q N.
+
+K sharpens the kernel: p alone decays only like w / (2.5 c) with the
+distance c, so a big cluster's far tail outweighs a small cluster's own
+neighbourhood; p^K decays like c^-K.
 
 `scores(..., debias=True)` (the default) returns (mean - N/B) / (1 - 1/B),
 an unbiased estimate of the collision-kernel sum S(x) =
-`exact.kernel_sums(x, data, "lsh", w)`, which counts x itself if x was added.
+`exact.kernel_sums(x, data, "lsh", w, hashes_per_row=K)`, which counts x
+itself if x was added.
 With debias=False it returns the raw mean count (the paper's score); the
 two differ by an affine map, so both give the same top-k order.
 
 Determinism. Hash parameters come from `jax.random.key(seed)` folded with the
 row index, independent of the device count and of R (the first R rows of a
-bigger sketch with the same seed are the same hashes). Blocks have a fixed
+bigger sketch with the same seed and K are the same hashes). Blocks have a fixed
 shape whatever the device count, so 1 and 8 devices give identical counts.
 
-Speed. Hashing is a [d, R] x [block, d] matmul written as [R, block] (each
-row's hashes contiguous, the order the scatter and gather walk, so nothing is
-transposed), followed by the mixer and one scatter-add (pass 1) or gather
-(pass 2) per hash. XLA:CPU runs the scatter single-threaded at ~4-5 ns per
-hash, so on 2 cores pass 1 runs at ~50% and pass 2 at ~70% of the
-matmul-bound rate (`benchmarks/density_throughput.py`). The block scan keeps
+Speed. Hashing is a [d, K R] x [block, d] matmul written as [K, R, block]
+(each row's hashes contiguous, the order the scatter and gather walk, so
+nothing is transposed), followed by the K-step mixer and one scatter-add
+(pass 1) or gather (pass 2) per row: K times the matmul work of K = 1, the
+same scatter and gather. XLA:CPU runs the scatter single-threaded at ~4-5 ns
+per update, so with K = 1 on 2 cores pass 1 ran at ~50% and pass 2 at ~70%
+of the matmul-bound rate (`benchmarks/density_throughput.py`); with K = 12
+bucketing a block takes as long as its matmul alone. The block scan keeps
 the counts in place (a loop carry, started from the sketch so far on device
 0), and the flat row-major index keeps each row's updates within one
 B x 4-byte stretch of memory.
@@ -59,6 +71,10 @@ from data_efficient.stages import configs
 DEFAULT_ROWS = configs.default(configs.DensityConfig, "rows")
 DEFAULT_BUCKETS = configs.default(configs.DensityConfig, "buckets")
 DEFAULT_BLOCK = 2048
+# RACE's K; the measurements behind 12 are in docs/stages.md.
+DEFAULT_HASHES_PER_ROW = configs.default(
+  configs.DensityConfig, "hashes_per_row"
+)
 # The range reduction multiplies 16-bit halves; B must fit in 16 bits.
 MAX_BUCKETS = 1 << 16
 _ALIGN = 8
@@ -75,11 +91,12 @@ class RaceSketch:
 
   Attributes:
     counts: [rows, buckets] int32 counts.
-    projections: [d, rows] float32 Gaussian directions a_r (columns).
-    offsets: [rows] float32 offsets b_r in [0, width).
+    projections: [d, K, rows] float32 Gaussian directions a_rk (K =
+      hashes per row).
+    offsets: [K, rows] float32 offsets b_rk in [0, width).
     salts: [rows] uint32 salts of the bucket mixer.
     width: The p-stable hash width w; the sketch estimates the sum of
-      `kernels.lsh_collision_probability(distance, width)`.
+      `kernels.lsh_collision_probability(distance, width) ** K`.
   """
 
   counts: jax.Array
@@ -100,16 +117,23 @@ class RaceSketch:
   def dim(self) -> int:
     return self.projections.shape[0]
 
+  @property
+  def hashes_per_row(self) -> int:
+    return self.projections.shape[1]
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _hash_parameters(dim: int, rows: int, key) -> tuple[jax.Array, ...]:
-  """Row r's (a_r [d], b_r / w in [0, 1), salt_r) from fold_in(key, r)."""
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _hash_parameters(
+  dim: int, rows: int, hashes_per_row: int, key
+) -> tuple[jax.Array, ...]:
+  """Row r's (a_r [K, d], b_r / w [K] in [0, 1), salt_r) from
+  fold_in(key, r). With K = 1 these are the single-hash sketch's values."""
 
   def one_row(key):
     k_a, k_b, k_s = jax.random.split(key, 3)
     return (
-      jax.random.normal(k_a, (dim,), jnp.float32),
-      jax.random.uniform(k_b, (), jnp.float32),
+      jax.random.normal(k_a, (hashes_per_row, dim), jnp.float32),
+      jax.random.uniform(k_b, (hashes_per_row,), jnp.float32),
       jax.random.bits(k_s, (), jnp.uint32),
     )
 
@@ -123,6 +147,7 @@ def init(
   *,
   rows: int = DEFAULT_ROWS,
   buckets: int = DEFAULT_BUCKETS,
+  hashes_per_row: int = DEFAULT_HASHES_PER_ROW,
   seed: int = 0,
 ) -> RaceSketch:
   """An empty sketch with hash parameters drawn from `seed`.
@@ -130,10 +155,11 @@ def init(
   Args:
     dim: Embedding dimension d.
     width: p-stable hash width w > 0, e.g.
-      `kernels.default_bandwidth(sample, "lsh")`.
-    rows: R, the number of independent hashes.
+      `kernels.default_bandwidth(sample, "lsh", hashes_per_row=K)`.
+    rows: R, the number of independent rows.
     buckets: B, buckets per row (at most 65536).
-    seed: Seed; row r's parameters depend only on (seed, r).
+    hashes_per_row: K, the hashes concatenated into each row's bucket.
+    seed: Seed; row r's parameters depend only on (seed, r, K).
 
   Returns:
     A `RaceSketch` with zero counts.
@@ -141,17 +167,22 @@ def init(
   Raises:
     ValueError: on a non-positive size or width, or too many buckets.
   """
-  if dim < 1 or rows < 1:
-    raise ValueError(f"dim={dim} and rows={rows} must be >= 1.")
+  if dim < 1 or rows < 1 or hashes_per_row < 1:
+    raise ValueError(
+      f"dim={dim}, rows={rows} and hashes_per_row={hashes_per_row} must be "
+      ">= 1."
+    )
   if not 2 <= buckets <= MAX_BUCKETS:
     raise ValueError(f"buckets={buckets} must be in [2, {MAX_BUCKETS}].")
   if not (np.isfinite(width) and width > 0):
     raise ValueError(f"width={width} must be a finite number > 0.")
-  a, b, salts = _hash_parameters(dim, rows, jax.random.key(seed))
+  a, b, salts = _hash_parameters(
+    dim, rows, hashes_per_row, jax.random.key(seed)
+  )
   return RaceSketch(
     counts=jnp.zeros((rows, buckets), jnp.int32),
-    projections=a.T,  # [rows, d] -> [d, rows]
-    offsets=b * jnp.float32(width),
+    projections=jnp.transpose(a, (2, 1, 0)),  # [rows, K, d] -> [d, K, rows]
+    offsets=b.T * jnp.float32(width),  # [rows, K] -> [K, rows]
     salts=salts,
     width=float(width),
   )
@@ -192,15 +223,22 @@ def _buckets(
 
   Args:
     x: [n, d] vectors.
-    scaled_projections: [d, rows] a_r / w.
-    scaled_offsets: [rows] b_r / w.
+    scaled_projections: [d, K, rows] a_rk / w.
+    scaled_offsets: [K, rows] b_rk / w.
     salts: [rows] uint32.
     n_buckets: B.
   """
-  # [d, rows] x [n, d] -> [rows, n]; floor((a.x + b) / w).
-  projected = jnp.einsum("dr,nd->rn", scaled_projections, x)
-  h = jnp.floor(projected + scaled_offsets[:, None]).astype(jnp.int32)
-  mixed = _mix32(jax.lax.bitcast_convert_type(h, jnp.uint32) ^ salts[:, None])
+  d, n_hashes, rows = scaled_projections.shape
+  # [d, K rows] x [n, d] -> [K rows, n] -> [K, rows, n]: one matmul.
+  projected = jnp.einsum(
+    "dc,nd->cn", scaled_projections.reshape(d, n_hashes * rows), x
+  ).reshape(n_hashes, rows, x.shape[0])
+  # floor((a.x + b) / w), as uint32 bits.
+  h = jnp.floor(projected + scaled_offsets[:, :, None]).astype(jnp.int32)
+  h = jax.lax.bitcast_convert_type(h, jnp.uint32)
+  mixed = salts[:, None]  # v_0 = salt; v_k = mix(v_{k-1} ^ h_k): [rows, n]
+  for k in range(n_hashes):
+    mixed = _mix32(h[k] ^ mixed)
   return _range_reduce(mixed, n_buckets)
 
 
@@ -323,6 +361,7 @@ def merge(*sketches: RaceSketch) -> RaceSketch:
     same = (
       other.width == first.width
       and other.counts.shape == first.counts.shape
+      and other.hashes_per_row == first.hashes_per_row
       and other.projections.shape == first.projections.shape
       and bool(jnp.array_equal(other.projections, first.projections))
       and bool(jnp.array_equal(other.offsets, first.offsets))
@@ -331,7 +370,8 @@ def merge(*sketches: RaceSketch) -> RaceSketch:
     if not same:
       raise ValueError(
         f"sketch {i} has different hash parameters from sketch 0: build "
-        "all sketches with the same init(dim, width, rows, buckets, seed)."
+        "all sketches with the same init(dim, width, rows, buckets, "
+        "hashes_per_row, seed)."
       )
   counts = functools.reduce(jnp.add, [s.counts for s in sketches])
   return dataclasses.replace(first, counts=counts)

@@ -1,12 +1,12 @@
-"""Tests of the SemDeDup and SSL-prototype baselines and their CLI."""
+"""Tests of the SemDeDup and SSL-prototype baselines and their stage."""
 
 import jax
 import numpy as np
 import pytest
 
-from data_efficient import cli, sharding
+from data_efficient import sharding
 from data_efficient.io import results, scores
-from data_efficient.stages import configs, select
+from data_efficient.stages import cluster, configs, select
 from data_efficient.stages.cluster import baselines, kmeans
 
 
@@ -109,19 +109,29 @@ def test_cluster_groups_hold_whole_clusters_within_the_budget():
   assert [g.tolist() for g in groups] == [[0, 1], [2], [3, 4, 5]]
 
 
-def cluster_cli(tmp_path, path, method, *args, name=None):
-  out = tmp_path / (name or method)
-  assert cli.main(["cluster", "--embeddings", path, "--output", str(out),
-                   "--method", method, "--clusters", "8", "--iterations", "3",
-                   "--batch_rows", "128", "--no_progress", *args]) == 0  # fmt: skip
-  return str(out)
+def run_cluster(tmp_path, path, method, seed=0, **settings):
+  """The cluster stage (k = 8, 3 iterations) into tmp_path / method."""
+  out = str(tmp_path / method)
+  manifest = cluster.cluster(
+    configs.ClusterConfig(
+      method=method,
+      kmeans=configs.KMeansConfig(clusters=8, iterations=3, seed=seed),
+      embeddings=path,
+      output=out,
+      batch_rows=128,
+      progress=False,
+      **settings,
+    )
+  )
+  assert manifest == results.read_manifest(out)
+  return out
 
 
-def test_semdedup_cli_and_select_keep_the_non_duplicates(tmp_path):
+def test_semdedup_stage_and_select_keep_the_non_duplicates(tmp_path):
   x, copies = corpus(seed=3)
   path = str(tmp_path / "x.npy")
   np.save(path, x)
-  out = cluster_cli(tmp_path, path, "semdedup", "--eps", "0.01")
+  out = run_cluster(tmp_path, path, "semdedup", eps=0.01)
   manifest = results.read_manifest(out)
   assert manifest["stage"] == "semdedup"
   assert manifest["run_config"]["kmeans"]["clusters"] == 8
@@ -132,8 +142,12 @@ def test_semdedup_cli_and_select_keep_the_non_duplicates(tmp_path):
   ids = np.asarray(table.column("id").to_pylist())
   sel = tmp_path / "sel"
   rate = keep.mean()
-  assert cli.main(["select", "--scores", out, "--sampler", "semdedup",
-                   "--rate", str(rate), "--output", str(sel)]) == 0  # fmt: skip
+  selection = select.select(
+    configs.SelectConfig(
+      scores=(out,), sampler="semdedup", rate=float(rate), output=str(sel)
+    )
+  )
+  assert selection == results.read_manifest(sel)
   chosen = results.read_results(sel).column("id").to_pylist()
   assert chosen == sorted(ids[keep])
   # A lower rate drops the most duplicated of the kept ones first.
@@ -142,11 +156,11 @@ def test_semdedup_cli_and_select_keep_the_non_duplicates(tmp_path):
   assert set(fewer) == set(ids[np.argsort(sims, kind="stable")[:10]])
 
 
-def test_prototypes_cli_keeps_the_farthest_from_their_centroid(tmp_path):
+def test_prototypes_stage_keeps_the_farthest_from_their_centroid(tmp_path):
   x, _ = corpus(seed=4)
   path = str(tmp_path / "x.npy")
   np.save(path, x)
-  out = cluster_cli(tmp_path, path, "prototypes", "--seed", "5")
+  out = run_cluster(tmp_path, path, "prototypes", seed=5)
   manifest = results.read_manifest(out)
   assert manifest["stage"] == "prototypes" and "semdedup" not in str(
     manifest["run_config"]

@@ -12,7 +12,7 @@ from data_efficient import sharding
 from data_efficient.stages.density import exact, kernels
 
 
-def _naive_sums(queries, keys, kernel, h):
+def _naive_sums(queries, keys, kernel, h, hashes_per_row=1):
   """The definition, one pair at a time, in float64."""
   queries = np.asarray(queries, np.float64)
   keys = np.asarray(keys, np.float64)
@@ -35,7 +35,7 @@ def _naive_sums(queries, keys, kernel, h):
           1.0
           - math.erfc(t / math.sqrt(2.0))
           - 2.0 / (math.sqrt(2.0 * math.pi) * t) * (1 - math.exp(-t * t / 2))
-        )
+        ) ** hashes_per_row
       out[i] += k
   return out
 
@@ -57,6 +57,24 @@ def test_matches_naive_double_loop(kernel, mesh):
     queries, keys, kernel, h, mesh=mesh, query_block=16, key_block=24
   )
   want = _naive_sums(queries, keys, kernel, h)
+  np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5)
+
+
+def test_lsh_with_k_hashes_matches_naive_double_loop(mesh):
+  keys = _data(90, 7)
+  queries = np.concatenate([keys[:20], _data(43, 7, seed=1)])
+  w = kernels.default_bandwidth(keys, "lsh", hashes_per_row=4)
+  got = exact.kernel_sums(
+    queries,
+    keys,
+    "lsh",
+    w,
+    hashes_per_row=4,
+    mesh=mesh,
+    query_block=16,
+    key_block=24,
+  )
+  want = _naive_sums(queries, keys, "lsh", w, hashes_per_row=4)
   np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5)
 
 

@@ -77,16 +77,42 @@ def test_kernel_matrix_matches_float64_formula(kernel):
   np.testing.assert_array_equal(np.diagonal(got[:5, :5]), 1.0)
 
 
-@pytest.mark.parametrize("kernel", kernels.KERNELS)
-@pytest.mark.parametrize("value", [0.1, 0.5])
-def test_default_bandwidth_gives_value_at_median_distance(kernel, value):
+def test_lsh_kernel_with_k_hashes_is_the_kth_power():
+  rng = np.random.default_rng(4)
+  x = rng.standard_normal((30, 6)).astype(np.float32)
+  one = np.asarray(kernels.kernel_matrix(x, x, "lsh", 2.0), np.float64)
+  five = kernels.kernel_matrix(x, x, "lsh", 2.0, hashes_per_row=5)
+  np.testing.assert_allclose(np.asarray(five), one**5, rtol=1e-5, atol=1e-12)
+  np.testing.assert_array_equal(np.diagonal(five), 1.0)
+  # Other kernels ignore K.
+  np.testing.assert_array_equal(
+    kernels.kernel_matrix(x, x, "gaussian", 2.0, hashes_per_row=5),
+    kernels.kernel_matrix(x, x, "gaussian", 2.0),
+  )
+
+
+@pytest.mark.parametrize(
+  "kernel, hashes_per_row",
+  [(k, 1) for k in kernels.KERNELS] + [("lsh", 12)],
+)
+@pytest.mark.parametrize("value", [0.1, 0.5, None])
+def test_default_bandwidth_gives_value_at_median_distance(
+  kernel, hashes_per_row, value
+):
   rng = np.random.default_rng(2)
   x = rng.standard_normal((300, 5)) * 3.0 + 1.0
-  h = kernels.default_bandwidth(x, kernel, median_kernel_value=value)
+  h = kernels.default_bandwidth(
+    x, kernel, hashes_per_row=hashes_per_row, median_kernel_value=value
+  )
   m = kernels.median_pairwise_distance(
     x, normalize=kernels.normalize_inputs(kernel)
   )
-  got = kernels.kernel_from_squared_distances(jnp.float32(m * m), kernel, h)
+  got = kernels.kernel_from_squared_distances(
+    jnp.float32(m * m), kernel, h, hashes_per_row
+  )
+  if value is None:  # 0.1, and 0.03 for the sharpened LSH kernel
+    value = 0.03 if hashes_per_row > 1 else 0.1
+    assert value == kernels.default_kernel_value(kernel, hashes_per_row)
   np.testing.assert_allclose(float(got), value, rtol=1e-4)
 
 
@@ -112,6 +138,14 @@ def test_median_distance_uses_a_seeded_sample():
 def test_bad_kernel_or_bandwidth_raises(kernel, bandwidth, match):
   with pytest.raises(ValueError, match=match):
     kernels.kernel_matrix(np.ones((2, 3)), np.ones((2, 3)), kernel, bandwidth)
+
+
+@pytest.mark.parametrize("hashes_per_row", [0, 1.5, True])
+def test_bad_hash_count_raises(hashes_per_row):
+  with pytest.raises(ValueError, match="hashes_per_row"):
+    kernels.kernel_matrix(
+      np.ones((2, 3)), np.ones((2, 3)), "lsh", 1.0, hashes_per_row
+    )
 
 
 def test_default_bandwidth_rejects_duplicates_and_tiny_input():

@@ -20,14 +20,17 @@ def _clustered(n=_N, d=_D, seed=0):
   return x.astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def data(mesh):
+_K = sketch.DEFAULT_HASHES_PER_ROW
+
+
+@pytest.fixture(scope="module", params=[1, _K], ids=lambda k: f"K{k}")
+def data(request, mesh):
+  """(x, K, default width for K, exact sums of the lsh^K kernel)."""
+  k = request.param
   x = _clustered()
-  width = kernels.default_bandwidth(x, "lsh")
-  truth = np.asarray(
-    exact.kernel_sums(x, x, "lsh", width, mesh=mesh), np.float64
-  )
-  return x, width, truth
+  width = kernels.default_bandwidth(x, "lsh", hashes_per_row=k)
+  truth = exact.kernel_sums(x, x, "lsh", width, hashes_per_row=k, mesh=mesh)
+  return x, k, width, np.asarray(truth, np.float64)
 
 
 def _row_estimates(s, x):
@@ -40,11 +43,13 @@ def _row_estimates(s, x):
 
 
 def test_scores_are_unbiased_for_the_collision_kernel_sum(data, mesh):
-  x, width, truth = data
+  x, k, width, truth = data
   # Few buckets, so the bucket-collision correction (N/B ~ 8) matters.
   per_row = []
   for seed in range(4):
-    s = sketch.init(_D, width, rows=1000, buckets=256, seed=seed)
+    s = sketch.init(
+      _D, width, rows=1000, buckets=256, hashes_per_row=k, seed=seed
+    )
     s = sketch.add(s, x, mesh=mesh, block=_BLOCK)
     rows = _row_estimates(s, x)
     np.testing.assert_allclose(
@@ -75,12 +80,14 @@ def test_scores_are_unbiased_for_the_collision_kernel_sum(data, mesh):
 
 
 def test_error_shrinks_as_one_over_sqrt_rows(data, mesh):
-  x, width, truth = data
+  x, k, width, truth = data
 
   def rms_rel_error(rows):
     errs = []
     for seed in range(3):
-      s = sketch.init(_D, width, rows=rows, buckets=4096, seed=10 + seed)
+      s = sketch.init(
+        _D, width, rows=rows, buckets=4096, hashes_per_row=k, seed=10 + seed
+      )
       s = sketch.add(s, x, mesh=mesh, block=_BLOCK)
       est = sketch.scores(s, x, mesh=mesh, block=_BLOCK)
       est = np.asarray(est, np.float64)
@@ -94,8 +101,8 @@ def test_error_shrinks_as_one_over_sqrt_rows(data, mesh):
 
 
 def test_merge_and_chunks_equal_whole(data, mesh):
-  x, width, _ = data
-  empty = sketch.init(_D, width, rows=64, buckets=512, seed=3)
+  x, k, width, _ = data
+  empty = sketch.init(_D, width, rows=64, buckets=512, hashes_per_row=k, seed=3)
 
   def add(s, chunk):
     return sketch.add(s, chunk, mesh=mesh, block=_BLOCK)
@@ -110,12 +117,12 @@ def test_merge_and_chunks_equal_whole(data, mesh):
 
 
 def test_identical_on_one_and_eight_devices(data):
-  x, width, _ = data
+  x, k, width, _ = data
   assert len(jax.devices()) == 8
   out = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(devices=devices)
-    s = sketch.init(_D, width, rows=128, buckets=1024, seed=5)
+    s = sketch.init(_D, width, rows=128, buckets=1024, hashes_per_row=k, seed=5)
     s = sketch.add(s, x[:1234], mesh=mesh, block=128)
     out.append(
       (
@@ -131,11 +138,63 @@ def test_hash_parameters_depend_on_seed_and_row_only():
   a = sketch.init(8, 0.5, rows=10, buckets=64, seed=1)
   b = sketch.init(8, 0.5, rows=30, buckets=64, seed=1)
   c = sketch.init(8, 0.5, rows=10, buckets=64, seed=2)
-  np.testing.assert_array_equal(a.projections, b.projections[:, :10])
-  np.testing.assert_array_equal(a.offsets, b.offsets[:10])
+  assert a.projections.shape == (8, _K, 10) and a.hashes_per_row == _K
+  np.testing.assert_array_equal(a.projections, b.projections[..., :10])
+  np.testing.assert_array_equal(a.offsets, b.offsets[:, :10])
   np.testing.assert_array_equal(a.salts, b.salts[:10])
   assert not np.array_equal(a.projections, c.projections)
   assert np.all((a.offsets >= 0) & (a.offsets < 0.5))
+
+
+def _reference_buckets(s, x):
+  """[n, rows] buckets by the module docstring's recipe, in NumPy."""
+  a = np.asarray(s.projections, np.float64)  # [d, K, rows]
+  b = np.asarray(s.offsets, np.float64)  # [K, rows]
+  h = np.floor(
+    (np.einsum("dkr,nd->krn", a, x) + b[:, :, None]) / s.width
+  ).astype(np.int64)
+  v = np.broadcast_to(np.asarray(s.salts, np.uint64)[:, None], h.shape[1:])
+  for hk in h:  # v_k = murmur3_fmix32(v_{k-1} ^ h_k), 32-bit
+    v = v ^ (hk.astype(np.uint64) & 0xFFFFFFFF)
+    v ^= v >> 16
+    v = (v * 0x85EBCA6B) & 0xFFFFFFFF
+    v ^= v >> 13
+    v = (v * 0xC2B2AE35) & 0xFFFFFFFF
+    v ^= v >> 16
+  return ((v * s.buckets) >> 32).T  # floor(v B / 2^32)
+
+
+@pytest.mark.parametrize("hashes_per_row", [1, 3])
+def test_buckets_follow_the_documented_recipe(hashes_per_row):
+  x = _clustered(n=300, d=8)
+  s = sketch.init(
+    8, 0.4, rows=24, buckets=1000, hashes_per_row=hashes_per_row, seed=2
+  )
+  # a.x / w in float64 and in float32 differ near a bucket edge: compare
+  # the examples whose projections are not within 1e-4 of one.
+  a = np.asarray(s.projections, np.float64)
+  frac = np.einsum("dkr,nd->krn", a, x) + np.asarray(s.offsets)[..., None]
+  frac = frac / s.width % 1.0
+  clear = np.all((frac > 1e-4) & (frac < 1 - 1e-4), axis=(0, 1))
+  assert clear.mean() > 0.5
+  got = np.asarray(sketch.bucket_indices(s, x))
+  np.testing.assert_array_equal(got[clear], _reference_buckets(s, x)[clear])
+
+
+def test_one_hash_per_row_is_the_single_hash_sketch():
+  """K = 1 draws the parameters the sketch had before K existed: row r's
+  from split(fold_in(key(seed), r), 3), so old sketches keep their counts."""
+  one = sketch.init(8, 0.5, rows=10, buckets=64, hashes_per_row=1, seed=1)
+  assert one.projections.shape == (8, 1, 10) and one.offsets.shape == (1, 10)
+  key = jax.random.fold_in(jax.random.key(1), 4)  # row 4
+  k_a, k_b, k_s = jax.random.split(key, 3)
+  np.testing.assert_array_equal(
+    one.projections[:, 0, 4], jax.random.normal(k_a, (8,), jnp.float32)
+  )
+  np.testing.assert_allclose(
+    one.offsets[0, 4], 0.5 * jax.random.uniform(k_b, (), jnp.float32)
+  )
+  assert one.salts[4] == jax.random.bits(k_s, (), jnp.uint32)
 
 
 def test_buckets_in_range_and_spread():
@@ -153,6 +212,10 @@ def test_merge_rejects_different_parameters():
     sketch.merge(a, sketch.init(8, 0.5, rows=10, buckets=64, seed=2))
   with pytest.raises(ValueError, match="hash parameters"):
     sketch.merge(a, sketch.init(8, 0.6, rows=10, buckets=64, seed=1))
+  with pytest.raises(ValueError, match="hash parameters"):
+    sketch.merge(
+      a, sketch.init(8, 0.5, rows=10, buckets=64, hashes_per_row=2, seed=1)
+    )
   with pytest.raises(ValueError, match="at least one"):
     sketch.merge()
 
@@ -163,6 +226,7 @@ def test_merge_rejects_different_parameters():
     ({"buckets": 1 << 17}, "buckets"),
     ({"buckets": 1}, "buckets"),
     ({"rows": 0}, "rows"),
+    ({"hashes_per_row": 0}, "hashes_per_row"),
     ({"width": 0.0}, "width"),
     ({"width": float("inf")}, "width"),
   ],
