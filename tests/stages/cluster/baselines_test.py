@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from data_efficient import cli, sharding
-from data_efficient.io import results, scores
+from data_efficient.io import results
 from data_efficient.stages import configs, select
 from data_efficient.stages.cluster import baselines, kmeans
 
@@ -117,6 +117,14 @@ def cluster_cli(tmp_path, path, method, *args, name=None):
   return str(out)
 
 
+def select_ids(output, scores_dir, sampler, k):
+  config = configs.SelectConfig(
+    scores=(scores_dir,), sampler=sampler, k=k, output=str(output)
+  )
+  select.select(config)
+  return results.read_results(output).column("id").to_pylist()
+
+
 def test_semdedup_cli_and_select_keep_the_non_duplicates(tmp_path):
   x, copies = corpus(seed=3)
   path = str(tmp_path / "x.npy")
@@ -138,7 +146,7 @@ def test_semdedup_cli_and_select_keep_the_non_duplicates(tmp_path):
   assert chosen == sorted(ids[keep])
   # A lower rate drops the most duplicated of the kept ones first.
   sims = table.column("semdedup_similarity").to_numpy()
-  fewer = select.choose("semdedup", [scores.read_scores(out)], k=10)[0]
+  fewer = select_ids(tmp_path / "fewer", out, "semdedup", k=10)
   assert set(fewer) == set(ids[np.argsort(sims, kind="stable")[:10]])
 
 
@@ -163,13 +171,13 @@ def test_prototypes_cli_keeps_the_farthest_from_their_centroid(tmp_path):
     table.column("cluster").to_numpy(), cos.argmax(1)
   )
   ids = np.asarray(table.column("id").to_pylist())
-  chosen = select.choose("prototypes", [scores.read_scores(out)], k=25)[0]
+  chosen = select_ids(tmp_path / "sel", out, "prototypes", k=25)
   assert set(chosen) == set(ids[np.argsort(-dist, kind="stable")[:25]])
   with pytest.raises(
     ValueError,
     match="needs semdedup scores .data-efficient cluster --method semdedup",
   ):
-    select.choose("semdedup", [scores.read_scores(out)], k=1)
+    select_ids(tmp_path / "bad", out, "semdedup", k=1)
 
 
 def test_bad_settings_are_clear_errors(tmp_path):
