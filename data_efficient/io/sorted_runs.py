@@ -17,8 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 _SCHEMA = pa.schema([("id", pa.string())])
-# Rows per batch of a run on disk: what the merge holds of each run.
-_RUN_BATCH = 8192
+# Rows per batch of a run on disk: what the merge holds of each run (C4's
+# 20%, 73M urls: ~150 runs of 32 MB, ~150 x 1024 ids in the merge).
+_RUN_BATCH = 1024
 
 
 def _sort(strings: list[pa.Array]) -> pa.Array:
@@ -36,7 +37,7 @@ def _read_run(path: str) -> Iterator[str]:
 class SortedRuns:
   """Collects strings, then yields them all sorted (code point order)."""
 
-  def __init__(self, scratch: str, run_bytes: int = 1 << 26):
+  def __init__(self, scratch: str, run_bytes: int = 1 << 25):
     """Starts an empty collection.
 
     Args:

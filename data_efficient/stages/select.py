@@ -33,7 +33,10 @@ from data_efficient.runs import driver
 from data_efficient.stages import configs, ranking, sampling
 
 SAMPLERS = configs.SAMPLERS
-_ROWS_PER_SHARD = 1_000_000
+# Output shards of 2^18 ids (~18 MB of C4 urls), written 2^14 at a time: the
+# writer holds one shard, this loop one write's Python strings.
+_ROWS_PER_SHARD = 1 << 18
+_WRITE_ROWS = 1 << 14
 
 # How each sampler ranks, stage by stage: (score kind, rule); the first k of
 # the last stage are kept, each earlier stage keeps the pool of the next.
@@ -299,7 +302,7 @@ def select(config: configs.SelectConfig) -> dict:
       for _, ids in _ranked(joined, ranks, boundaries, plan):
         kept.add(ids)
       merged = itertools.islice(iter(kept), writer.rows_done, None)
-      while chunk := list(itertools.islice(merged, _ROWS_PER_SHARD)):
+      while chunk := list(itertools.islice(merged, _WRITE_ROWS)):
         writer.write({"id": chunk})
       return selection_manifest(
         config.sampler,
