@@ -599,7 +599,7 @@ def completed_manifest(
 
 def _shard_files(
   output_dir: str, manifest: dict[str, Any]
-) -> Iterator[tuple[pq.ParquetFile, int]]:
+) -> Iterator[tuple[pq.ParquetFile, str]]:
   """Opens the manifest's shards in order, checking their row counts."""
   for shard in manifest["shards"]:
     path = os.path.join(output_dir, shard["file"])
@@ -615,7 +615,7 @@ def _shard_files(
         f"{path}: {parquet.metadata.num_rows} rows, the manifest says "
         f"{shard['num_rows']}; the directory was changed after the run."
       )
-    yield parquet, shard["num_rows"]
+    yield parquet, path
 
 
 def _check_columns(
@@ -682,9 +682,19 @@ def iter_results(
   output_dir = os.fspath(output_dir)
   manifest = read_manifest(output_dir)
   total = 0
-  for parquet, _ in _shard_files(output_dir, manifest):
+  for parquet, path in _shard_files(output_dir, manifest):
     _check_columns(parquet, columns)
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+    batches = parquet.iter_batches(batch_size=batch_rows, columns=columns)
+    while True:
+      try:
+        batch = next(batches, None)
+      except (OSError, pa.ArrowException) as e:
+        raise OutputError(
+          f"{path}: unreadable after {total} rows of the directory ({e}); "
+          "the shard is corrupt: recompute the directory."
+        ) from e
+      if batch is None:
+        break
       total += batch.num_rows
       yield batch
   if total != manifest["num_rows"]:

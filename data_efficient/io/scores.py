@@ -3,14 +3,16 @@
 A score directory is a results directory (`results`) written by `score`,
 `density`, `cluster` or `perplexity`; its manifest's `stage` says which kind
 of score it holds and which column is the score. Select and the report read
-them through `read_scores`.
+them through `open_scores` (streamed) or `read_scores` (whole).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
 
 from data_efficient.io import results
 
@@ -45,12 +47,35 @@ class Scores:
   manifest: dict
 
 
-def read_scores(path: str, column: str | None = None) -> Scores:
-  """Reads a `score`, `density`, `cluster` or `perplexity` output directory.
+@dataclasses.dataclass(frozen=True)
+class ScoreSource:
+  """One stage's score directory, streamed rather than read whole."""
+
+  kind: str  # QUALITY, DENSITY, SEMDEDUP, PROTOTYPES or PERPLEXITY
+  path: str
+  column: str
+  manifest: dict
+
+  @property
+  def num_rows(self) -> int:
+    return self.manifest["num_rows"]
+
+  def batches(self, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """Record batches of (id, problem, score column), in shard order.
+
+    Raises:
+      results.OutputError: naming the shard, if one is unreadable.
+    """
+    return results.iter_results(
+      self.path, ["id", "problem", self.column], batch_rows
+    )
+
+
+def open_scores(path: str, column: str | None = None) -> ScoreSource:
+  """Opens a `score`, `density`, `cluster` or `perplexity` output directory.
 
   Raises:
-    ValueError: if the directory is not a score, density, cluster or
-      perplexity output, or has no such column.
+    ValueError: if the directory holds no scores.
   """
   manifest = results.read_manifest(path)
   stage = manifest.get("stage")
@@ -64,16 +89,26 @@ def read_scores(path: str, column: str | None = None) -> Scores:
       "the output of `data-efficient score`, `density`, `cluster` or "
       "`perplexity`."
     )
-  table = results.read_results(path, columns=["id", "problem", column])
+  return ScoreSource(kind=kind, path=path, column=column, manifest=manifest)
+
+
+def read_scores(path: str, column: str | None = None) -> Scores:
+  """Reads a score directory (`open_scores`) whole into memory.
+
+  Raises:
+    ValueError: if the directory holds no scores, or has no such column.
+  """
+  source = open_scores(path, column)
+  table = results.read_results(path, columns=["id", "problem", source.column])
   problems = table.column("problem").to_pylist()
   return Scores(
-    kind=kind,
+    kind=source.kind,
     path=path,
-    column=column,
+    column=source.column,
     ids=np.asarray(table.column("id").to_pylist(), dtype=object),
-    values=table.column(column)
+    values=table.column(source.column)
     .to_numpy(zero_copy_only=False)
     .astype(np.float64),
     problems=np.asarray([p or "" for p in problems], dtype=object),
-    manifest=manifest,
+    manifest=source.manifest,
   )

@@ -66,12 +66,30 @@ def _as_ids(ids) -> np.ndarray:
   return ids.astype(str)
 
 
+# Code points per chunk of `id_uniforms` (16 MB as UCS-4), whatever the ids.
+_CHUNK_POINTS = 1 << 22
+
+
+def _as_strings(ids) -> np.ndarray:
+  """[n] ids as a NumPy array of str, without widening every id to the
+  longest (a '<U' array is n x longest x 4 bytes)."""
+  if isinstance(ids, np.ndarray) and ids.dtype.kind == "U":
+    return _as_ids(ids)
+  ids = np.asarray(ids, dtype=object)
+  if ids.ndim != 1:
+    raise ValueError(f"ids must be one-dimensional, got shape {ids.shape}.")
+  if not all(isinstance(i, str) for i in ids):
+    raise ValueError("ids must be strings.")
+  return ids
+
+
 def id_uniforms(ids: Sequence[str] | np.ndarray, seed: int) -> np.ndarray:
   """A uniform number in (0, 1) per id, a pure function of (seed, id).
 
   FNV-1a over the id's Unicode code points, started from splitmix64(seed)
   and finished with splitmix64: vectorised over ids, one pass per character
-  position.
+  position. Ids are hashed in chunks of similar length, so memory stays
+  bounded by `_CHUNK_POINTS` code points however long the longest id is.
 
   Args:
     ids: [n] strings.
@@ -80,22 +98,39 @@ def id_uniforms(ids: Sequence[str] | np.ndarray, seed: int) -> np.ndarray:
   Returns:
     [n] float64 in (0, 1).
   """
-  ids = _as_ids(ids)
+  ids = _as_strings(ids)
   n = ids.shape[0]
   if n == 0:
     return np.zeros((0,), np.float64)
-  width = ids.dtype.itemsize // 4
-  # [n] '<U{width}' -> [n, width] code points (zero past each id's end).
-  points = np.ascontiguousarray(ids).view(np.uint32).reshape(n, width)
-  lengths = np.char.str_len(ids)
+  lengths = np.fromiter(map(len, ids), np.int64, n)
   seed_state = _splitmix64(np.array([seed & (2**64 - 1)], _U64))[0]
-  h = np.full(n, seed_state ^ _FNV_OFFSET, _U64)
-  for j in range(width):
-    mixed = (h ^ points[:, j].astype(_U64)) * _FNV_PRIME
-    h = np.where(j < lengths, mixed, h)
+  h = np.empty(n, _U64)
+  # Widths are powers of two: at most half of a chunk is padding.
+  classes = np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+  for c in np.unique(classes):
+    rows = np.flatnonzero(classes == c)
+    width = 1 << int(c)
+    step = max(1, _CHUNK_POINTS // width)
+    for start in range(0, rows.size, step):
+      part = rows[start : start + step]
+      h[part] = _fnv1a(
+        ids[part].astype(f"<U{width}"), lengths[part], seed_state
+      )
   h = _splitmix64(h ^ lengths.astype(_U64))
   # Top 53 bits, centred in their cell: never 0 or 1.
   return ((h >> _U64(11)).astype(np.float64) + 0.5) * 2.0**-53
+
+
+def _fnv1a(ids: np.ndarray, lengths: np.ndarray, state: np.uint64):
+  """[n] '<U{width}' ids -> [n] FNV-1a states over their code points."""
+  n, width = ids.shape[0], ids.dtype.itemsize // 4
+  # [n] '<U{width}' -> [n, width] code points (zero past each id's end).
+  points = np.ascontiguousarray(ids).view(np.uint32).reshape(n, width)
+  h = np.full(n, state ^ _FNV_OFFSET, _U64)
+  for j in range(width):
+    mixed = (h ^ points[:, j].astype(_U64)) * _FNV_PRIME
+    h = np.where(j < lengths, mixed, h)
+  return h
 
 
 def _check(ids, scores, k: int, *, positive: bool = False):

@@ -1,169 +1,226 @@
 """From score directories to a selection: the paper's samplers, seeded.
 
 A selection directory is a results directory whose rows are the kept ids,
-sorted, with a manifest naming the sampler, rate or k, seed, the inputs'
-manifests and the counts. Every sampler is deterministic given the seed and
-independent of how the scores were sharded (see `sampling`).
+sorted (across its shards, in shard order), with a manifest naming the
+sampler, rate or k, seed, the inputs' manifests and the counts. Every sampler
+is deterministic given the seed and independent of how the scores were
+sharded or ordered (see `sampling`).
+
+Selection streams the score shards, in memory that does not grow with the
+number of rows or the length of the ids (C4: 365M urls, some thousands of
+characters long). Every sampler ranks the eligible rows by a per-item key and
+keeps the first k (`ranking`): a counting pass, a few passes that find the
+k-th row exactly, then a pass that keeps the rows at or before it, sorted in
+runs on disk and merged (`sorted_runs`). askllm-then-ips ranks twice: its
+pool is the Ask-LLM top, found the same way. Several inputs are joined by id
+(`score_join`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+import itertools
+import os
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from data_efficient.io import records
+from data_efficient.io import score_join, sorted_runs
 from data_efficient.io import scores as scores_lib
 from data_efficient.runs import driver
-from data_efficient.stages import configs, sampling
+from data_efficient.stages import configs, ranking, sampling
 
 SAMPLERS = configs.SAMPLERS
+# Output shards of 2^18 ids (~18 MB of C4 urls), written 2^14 at a time: the
+# writer holds one shard, this loop one write's Python strings.
+_ROWS_PER_SHARD = 1 << 18
+_WRITE_ROWS = 1 << 14
+
+# How each sampler ranks, stage by stage: (score kind, rule); the first k of
+# the last stage are kept, each earlier stage keeps the pool of the next.
+_HIGHEST, _LOWEST, _IPS, _UNIFORM = "highest", "lowest", "ips", "uniform"
+_RANKS: dict[str, tuple[tuple[str | None, str], ...]] = {
+  "askllm-topk": ((scores_lib.QUALITY, _HIGHEST),),
+  "density-ips": ((scores_lib.DENSITY, _IPS),),
+  "density-topk": ((scores_lib.DENSITY, _HIGHEST),),
+  "density-bottomk": ((scores_lib.DENSITY, _LOWEST),),
+  "random": ((None, _UNIFORM),),
+  # Removing the highest scores is SemDeDup at the eps that keeps k.
+  "semdedup": ((scores_lib.SEMDEDUP, _LOWEST),),
+  "prototypes": ((scores_lib.PROTOTYPES, _HIGHEST),),
+  "perplexity": ((scores_lib.PERPLEXITY, _LOWEST),),
+  "askllm-then-ips": (
+    (scores_lib.QUALITY, _HIGHEST),
+    (scores_lib.DENSITY, _IPS),
+  ),
+}
 
 
-def _aligned(
-  inputs: Sequence[scores_lib.Scores],
-) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-  """(ids, kind -> values, problems), all in the order of sorted ids.
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """What a pass needs to tell eligible rows and compute their keys."""
+
+  sources: Mapping[str, scores_lib.ScoreSource]  # kind -> input
+  excluded_problems: frozenset[str]
+  seed: int
+
+
+def _eligible(rows: score_join.Rows, plan: _Plan) -> tuple[np.ndarray, ...]:
+  """[n] bool masks (eligible, excluded, unscored) of a batch."""
+  problems = pc.dictionary_encode(pc.fill_null(rows.problems, ""))
+  names = problems.dictionary.to_pylist()
+  flags = np.asarray(
+    [bool(set(p.split(",")) & plan.excluded_problems) for p in names] + [False]
+  )
+  excluded = flags[problems.indices.to_numpy(zero_copy_only=False)]
+  # Perplexity is undefined (NaN) for examples too short to split.
+  unscored = np.zeros(len(rows), bool)
+  if scores_lib.PERPLEXITY in rows.values:
+    unscored = ~np.isfinite(rows.values[scores_lib.PERPLEXITY]) & ~excluded
+  return ~excluded & ~unscored, excluded, unscored
+
+
+def _keys(
+  rank: tuple[str | None, str],
+  ids: pa.Array,
+  values: Mapping[str, np.ndarray],
+  plan: _Plan,
+) -> np.ndarray:
+  """[n] float64 keys of eligible rows under `rank` (larger comes first).
 
   Raises:
-    ValueError: if two inputs score different sets of ids, or one kind is
-      given twice.
+    ValueError: naming the file and id of a score that is not finite (or
+      not > 0 for inverse propensity sampling).
   """
-  base = inputs[0]
-  order = np.argsort(base.ids, kind="stable")
-  ids = base.ids[order]
-  values = {}
-  problems = base.problems[order]
-  for s in inputs:
-    if s.kind in values:
-      raise ValueError(f"Two {s.kind} inputs given ({s.path}); pass one.")
-    o = np.argsort(s.ids, kind="stable")
-    if len(s.ids) != len(ids) or not np.array_equal(s.ids[o], ids):
-      only = len(set(s.ids) ^ set(ids))
+  kind, rule = rank
+  names = ids.to_numpy(zero_copy_only=False)
+  if rule == _UNIFORM:
+    return sampling.id_uniforms(names, plan.seed)
+  scores = values[kind]
+  for bad, need in (
+    (~np.isfinite(scores), "scores must be finite"),
+    (scores <= 0, "inverse propensity sampling needs scores > 0"),
+  ):
+    if bad.any():
+      i = int(np.flatnonzero(bad)[0])
       raise ValueError(
-        f"{s.path} and {base.path} score different examples ({only} ids "
-        "in one but not the other): they come from different corpora or "
-        "runs."
+        f"{plan.sources[kind].path}: score of id {names[i]!r} is "
+        f"{scores[i]}: {need} ({int(bad.sum())} in its batch are not); "
+        "recompute that directory."
       )
-    values[s.kind] = s.values[o]
-  return ids, values, problems
+    if rule != _IPS:
+      break
+  if rule == _IPS:
+    keys = sampling.inverse_propensity_keys(names, scores, plan.seed)
+  else:
+    keys = scores if rule == _HIGHEST else -scores
+  return keys + 0.0  # -0.0 -> 0.0: one key, as NumPy compares them.
 
 
-def choose(
+def _ranked(
+  joined: score_join.JoinedScores,
+  ranks: Sequence[tuple[str | None, str]],
+  boundaries: Sequence[ranking.Row],
+  plan: _Plan,
+) -> Iterator[tuple[np.ndarray | None, pa.Array]]:
+  """One pass: (keys, ids) of the eligible rows at or before every boundary
+  found so far, keys under the next stage's rank (None after the last)."""
+  for rows in joined:
+    index = np.flatnonzero(_eligible(rows, plan)[0])
+    ids = rows.ids.take(index)
+    values = {kind: v[index] for kind, v in rows.values.items()}
+    keys = None
+    for stage, rank in enumerate(ranks[: len(boundaries) + 1]):
+      keys = _keys(rank, ids, values, plan)
+      if stage == len(boundaries):
+        break
+      index = np.flatnonzero(ranking.at_or_before(keys, ids, boundaries[stage]))
+      ids, keys = ids.take(index), None
+      values = {kind: v[index] for kind, v in values.items()}
+    yield keys, ids
+
+
+def _counts(joined: score_join.JoinedScores, plan: _Plan) -> dict[str, int]:
+  """The counting pass: examples, excluded, unscored and eligible rows."""
+  counts = dict.fromkeys(("examples", "excluded", "unscored", "eligible"), 0)
+  for rows in joined:
+    eligible, excluded, unscored = _eligible(rows, plan)
+    counts["examples"] += len(rows)
+    counts["excluded"] += int(excluded.sum())
+    counts["unscored"] += int(unscored.sum())
+    counts["eligible"] += int(eligible.sum())
+  return counts
+
+
+def _sizes(
   sampler: str,
-  inputs: Sequence[scores_lib.Scores],
+  counts: Mapping[str, int],
   *,
-  rate: float | None = None,
-  k: int | None = None,
-  seed: int = 0,
-  quality_rate: float | None = None,
-  excluded_problems: Sequence[str] = records.DEFAULT_EXCLUDED_PROBLEMS,
-) -> tuple[np.ndarray, dict]:
-  """Runs `sampler` over the aligned inputs.
-
-  Args:
-    sampler: A key of SAMPLERS.
-    inputs: The score directories the sampler needs (`read_scores`); the
-      `random` sampler needs any one, for the ids.
-    rate: Fraction of the corpus to keep (`sampling.rate_to_k` rounding);
-      k is counted over all rows, excluded ones included.
-    k: Number to keep, instead of rate.
-    seed: Seed of the random samplers.
-    quality_rate: For askllm-then-ips: the Ask-LLM top fraction kept before
-      inverse propensity sampling; at least rate.
-    excluded_problems: Rows with any of these problems are never selected.
-
-  Returns:
-    (sorted selected ids, counts for the manifest).
+  rate: float | None,
+  k: int | None,
+  quality_rate: float | None,
+  excluded_problems: Sequence[str],
+) -> tuple[list[int], float | None]:
+  """How many each stage keeps, and askllm-then-ips's quality rate.
 
   Raises:
-    ValueError: on an unknown sampler, missing inputs, or bad rate/k.
+    ValueError: on a bad rate or k, k larger than the eligible rows, or a
+      quality rate that keeps fewer than k.
   """
+  n, eligible = counts["examples"], counts["eligible"]
+  if (rate is None) == (k is None):
+    raise ValueError("Give exactly one of --rate and --k.")
+  k = sampling.rate_to_k(rate, n) if rate is not None else k
+  if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 0:
+    raise ValueError(f"k={k!r} must be an integer >= 0.")
+  if not eligible:
+    raise ValueError(
+      f"There are no eligible examples to select from: all {n} are excluded "
+      f"for problems {list(excluded_problems)} or unscored."
+    )
+  if k > eligible:
+    raise ValueError(
+      f"k={k} is more than the {eligible} eligible examples "
+      f"({counts['excluded']} excluded for problems "
+      f"{list(excluded_problems)}); lower --k or --rate."
+    )
+  if sampler != "askllm-then-ips":
+    return [k], None
+  quality_rate = (
+    quality_rate if quality_rate is not None else min(1.0, 2 * k / n)
+  )
+  top = sampling.rate_to_k(quality_rate, n)
+  if top < k or not top:
+    raise ValueError(
+      f"quality_rate={quality_rate} keeps {top} examples, fewer than "
+      f"the {k} to select (or none)."
+    )
+  return [min(top, eligible), k], quality_rate
+
+
+def _check_inputs(
+  sampler: str, sources: Sequence[scores_lib.ScoreSource]
+) -> None:
+  """Raises ValueError on an unknown sampler or missing inputs."""
   if sampler not in SAMPLERS:
     raise ValueError(
       f"Unknown sampler {sampler!r}; choose from {list(SAMPLERS)}."
     )
-  if not inputs:
+  if not sources:
     raise ValueError("Give at least one score directory (--scores).")
-  needs = SAMPLERS[sampler][0]
-  have = {s.kind for s in inputs}
-  if missing := [n for n in needs if n not in have]:
+  have = {s.kind for s in sources}
+  if missing := [n for n in SAMPLERS[sampler][0] if n not in have]:
     raise ValueError(
       f"sampler={sampler!r} needs {' and '.join(missing)} scores "
       f"({', '.join(scores_lib.PRODUCERS[m][1] for m in missing)} output)."
     )
-  ids, values, problems = _aligned(inputs)
-  n = len(ids)
-  if (rate is None) == (k is None):
-    raise ValueError("Give exactly one of --rate and --k.")
-  k = sampling.rate_to_k(rate, n) if rate is not None else k
-  excluded = np.asarray(
-    [bool(set(p.split(",")) & set(excluded_problems)) for p in problems], bool
-  )
-  eligible = ~excluded
-  # Perplexity is undefined (NaN) for examples too short to split.
-  unscored = np.zeros(n, bool)
-  if scores_lib.PERPLEXITY in values:
-    unscored = ~np.isfinite(values[scores_lib.PERPLEXITY]) & eligible
-    eligible &= ~unscored
-  if k > eligible.sum():
-    raise ValueError(
-      f"k={k} is more than the {int(eligible.sum())} eligible examples "
-      f"({int(excluded.sum())} excluded for problems {list(excluded_problems)})."
-    )
-  ids_e = ids[eligible]
-  vals = {kind: v[eligible] for kind, v in values.items()}
-  if sampler == "askllm-topk":
-    chosen = sampling.top_k(ids_e, vals[scores_lib.QUALITY], k)
-  elif sampler == "density-ips":
-    chosen = sampling.inverse_propensity_sample(
-      ids_e, vals[scores_lib.DENSITY], k, seed
-    )
-  elif sampler == "density-topk":
-    chosen = sampling.top_k(ids_e, vals[scores_lib.DENSITY], k)
-  elif sampler == "density-bottomk":
-    chosen = sampling.bottom_k(ids_e, vals[scores_lib.DENSITY], k)
-  elif sampler == "random":
-    chosen = sampling.uniform_sample(ids_e, k, seed)
-  elif sampler == "semdedup":
-    # Removing the highest scores is SemDeDup at the eps that keeps k.
-    chosen = sampling.bottom_k(ids_e, vals[scores_lib.SEMDEDUP], k)
-  elif sampler == "prototypes":
-    chosen = sampling.top_k(ids_e, vals[scores_lib.PROTOTYPES], k)
-  elif sampler == "perplexity":
-    chosen = sampling.bottom_k(ids_e, vals[scores_lib.PERPLEXITY], k)
-  else:  # askllm-then-ips
-    quality_rate = (
-      quality_rate if quality_rate is not None else min(1.0, 2 * k / n)
-    )
-    top = sampling.rate_to_k(quality_rate, n)
-    if top < k:
-      raise ValueError(
-        f"quality_rate={quality_rate} keeps {top} examples, fewer than "
-        f"the {k} to select."
-      )
-    pool = np.isin(
-      ids_e,
-      sampling.top_k(ids_e, vals[scores_lib.QUALITY], min(top, len(ids_e))),
-    )
-    chosen = sampling.inverse_propensity_sample(
-      ids_e[pool], vals[scores_lib.DENSITY][pool], k, seed
-    )
-  counts = {
-    "num_examples": n,
-    "num_excluded": int(excluded.sum()),
-    "num_selected": len(chosen),
-  }
-  if unscored.any():
-    counts["num_unscored"] = int(unscored.sum())
-  if sampler == "askllm-then-ips":
-    counts["quality_rate"] = quality_rate
-  return chosen, counts
 
 
 def selection_manifest(
   sampler: str,
-  inputs: Sequence[scores_lib.Scores],
+  inputs: Sequence[scores_lib.ScoreSource],
   counts: Mapping,
   *,
   rate: float | None,
@@ -196,39 +253,72 @@ def selection_manifest(
 
 
 def select(config: configs.SelectConfig) -> dict:
-  """The `select` stage: the kept ids, sorted, and the manifest."""
-  import pyarrow as pa
+  """The `select` stage: the kept ids, sorted, and the manifest.
 
-  inputs = [scores_lib.read_scores(path) for path in config.scores]
+  Raises:
+    ValueError: on missing or mismatched inputs, a bad rate or k, k larger
+      than the eligible rows, or a score that cannot be ranked (naming the
+      file and id).
+    results.OutputError: naming the shard, if one is unreadable; nothing is
+      then marked complete.
+  """
+  sources = [scores_lib.open_scores(path) for path in config.scores]
+  _check_inputs(config.sampler, sources)
   excluded = tuple(config.exclude_problems)
-  chosen, counts = choose(
-    config.sampler,
-    inputs,
-    rate=config.rate,
-    k=config.k,
-    seed=config.seed,
-    quality_rate=config.quality_rate,
-    excluded_problems=excluded,
-  )
-
-  def write_rows(writer):
-    if writer.rows_done == 0:
-      writer.write({"id": list(chosen)})
-    return selection_manifest(
+  plan = _Plan({s.kind: s for s in sources}, frozenset(excluded), config.seed)
+  ranks = _RANKS[config.sampler]
+  manifest = driver.completed_run(config.output, config.run_config())
+  if manifest is not None:
+    return manifest
+  # Scratch beside the output: a request refused below leaves no output.
+  scratch = os.path.normpath(config.output) + ".scratch"
+  with score_join.JoinedScores(sources, scratch) as joined:
+    counts = _counts(joined, plan)
+    sizes, quality_rate = _sizes(
       config.sampler,
-      inputs,
       counts,
       rate=config.rate,
       k=config.k,
-      seed=config.seed,
+      quality_rate=config.quality_rate,
       excluded_problems=excluded,
     )
+    boundaries = []
+    for size in sizes:
+      boundaries.append(
+        ranking.kth(lambda: _ranked(joined, ranks, boundaries, plan), size)
+      )
+    manifest_counts = {
+      "num_examples": counts["examples"],
+      "num_excluded": counts["excluded"],
+      "num_selected": sizes[-1],
+    }
+    if counts["unscored"]:
+      manifest_counts["num_unscored"] = counts["unscored"]
+    if quality_rate is not None:
+      manifest_counts["quality_rate"] = quality_rate
 
-  return driver.reduce(
-    config.output,
-    config.run_config(),
-    pa.schema([("id", pa.string())]),
-    1_000_000,
-    write_rows,
-    timed=False,
-  )
+    def write_rows(writer):
+      kept = sorted_runs.SortedRuns(os.path.join(scratch, "runs"))
+      for _, ids in _ranked(joined, ranks, boundaries, plan):
+        kept.add(ids)
+      merged = itertools.islice(iter(kept), writer.rows_done, None)
+      while chunk := list(itertools.islice(merged, _WRITE_ROWS)):
+        writer.write({"id": chunk})
+      return selection_manifest(
+        config.sampler,
+        sources,
+        manifest_counts,
+        rate=config.rate,
+        k=config.k,
+        seed=config.seed,
+        excluded_problems=excluded,
+      )
+
+    return driver.reduce(
+      config.output,
+      config.run_config(),
+      pa.schema([("id", pa.string())]),
+      _ROWS_PER_SHARD,
+      write_rows,
+      timed=False,
+    )

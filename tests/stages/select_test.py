@@ -1,31 +1,165 @@
-"""Tests of the `select` stage over score and density directories."""
+"""Tests of `data-efficient select` over score and density directories."""
+
+import functools
+import os
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from data_efficient.io import results, scores
-from data_efficient.stages import configs, select
+from data_efficient.io import records, results, score_join, scores, sorted_runs
+from data_efficient.io import scores as scores_lib
+from data_efficient.stages import configs, ranking, sampling, select
 
 
-def write_dir(path, stage, column, ids, values, problems=None):
+def _aligned(
+  inputs: Sequence[scores_lib.Scores],
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+  """(ids, kind -> values, problems), all in the order of sorted ids.
+
+  Raises:
+    ValueError: if two inputs score different sets of ids, or one kind is
+      given twice.
+  """
+  base = inputs[0]
+  order = np.argsort(base.ids, kind="stable")
+  ids = base.ids[order]
+  values = {}
+  problems = base.problems[order]
+  for s in inputs:
+    if s.kind in values:
+      raise ValueError(f"Two {s.kind} inputs given ({s.path}); pass one.")
+    o = np.argsort(s.ids, kind="stable")
+    if len(s.ids) != len(ids) or not np.array_equal(s.ids[o], ids):
+      only = len(set(s.ids) ^ set(ids))
+      raise ValueError(
+        f"{s.path} and {base.path} score different examples ({only} ids "
+        "in one but not the other): they come from different corpora or "
+        "runs."
+      )
+    values[s.kind] = s.values[o]
+  return ids, values, problems
+
+
+def choose_in_memory(
+  sampler: str,
+  inputs: Sequence[scores_lib.Scores],
+  *,
+  rate: float | None = None,
+  k: int | None = None,
+  seed: int = 0,
+  quality_rate: float | None = None,
+  excluded_problems: Sequence[str] = records.DEFAULT_EXCLUDED_PROBLEMS,
+) -> tuple[np.ndarray, dict]:
+  """The merge branch's in-memory `select.choose`: the reference."""
+  ids, values, problems = _aligned(inputs)
+  n = len(ids)
+  if (rate is None) == (k is None):
+    raise ValueError("Give exactly one of --rate and --k.")
+  k = sampling.rate_to_k(rate, n) if rate is not None else k
+  excluded = np.asarray(
+    [bool(set(p.split(",")) & set(excluded_problems)) for p in problems], bool
+  )
+  eligible = ~excluded
+  # Perplexity is undefined (NaN) for examples too short to split.
+  unscored = np.zeros(n, bool)
+  if scores_lib.PERPLEXITY in values:
+    unscored = ~np.isfinite(values[scores_lib.PERPLEXITY]) & eligible
+    eligible &= ~unscored
+  if k > eligible.sum():
+    raise ValueError(
+      f"k={k} is more than the {int(eligible.sum())} eligible examples "
+      f"({int(excluded.sum())} excluded for problems {list(excluded_problems)})."
+    )
+  ids_e = ids[eligible]
+  vals = {kind: v[eligible] for kind, v in values.items()}
+  if sampler == "askllm-topk":
+    chosen = sampling.top_k(ids_e, vals[scores_lib.QUALITY], k)
+  elif sampler == "density-ips":
+    chosen = sampling.inverse_propensity_sample(
+      ids_e, vals[scores_lib.DENSITY], k, seed
+    )
+  elif sampler == "density-topk":
+    chosen = sampling.top_k(ids_e, vals[scores_lib.DENSITY], k)
+  elif sampler == "density-bottomk":
+    chosen = sampling.bottom_k(ids_e, vals[scores_lib.DENSITY], k)
+  elif sampler == "random":
+    chosen = sampling.uniform_sample(ids_e, k, seed)
+  elif sampler == "semdedup":
+    # Removing the highest scores is SemDeDup at the eps that keeps k.
+    chosen = sampling.bottom_k(ids_e, vals[scores_lib.SEMDEDUP], k)
+  elif sampler == "prototypes":
+    chosen = sampling.top_k(ids_e, vals[scores_lib.PROTOTYPES], k)
+  elif sampler == "perplexity":
+    chosen = sampling.bottom_k(ids_e, vals[scores_lib.PERPLEXITY], k)
+  else:  # askllm-then-ips
+    quality_rate = (
+      quality_rate if quality_rate is not None else min(1.0, 2 * k / n)
+    )
+    top = sampling.rate_to_k(quality_rate, n)
+    if top < k:
+      raise ValueError(
+        f"--quality_rate {quality_rate} keeps {top} examples, fewer than "
+        f"the {k} to select."
+      )
+    pool = np.isin(
+      ids_e,
+      sampling.top_k(ids_e, vals[scores_lib.QUALITY], min(top, len(ids_e))),
+    )
+    chosen = sampling.inverse_propensity_sample(
+      ids_e[pool], vals[scores_lib.DENSITY][pool], k, seed
+    )
+  counts = {
+    "num_examples": n,
+    "num_excluded": int(excluded.sum()),
+    "num_selected": len(chosen),
+  }
+  if unscored.any():
+    counts["num_unscored"] = int(unscored.sum())
+  if sampler == "askllm-then-ips":
+    counts["quality_rate"] = quality_rate
+  return chosen, counts
+
+
+def write_dir(path, stage, column, ids, values, problems=None, *,
+              rows_per_shard=4, processes=1):  # fmt: skip
+  """A score directory; process p of `processes` writes every p-th row."""
   schema = pa.schema(
     [("id", pa.string()), ("problem", pa.string()), (column, pa.float32())]
   )
-  writer = results.ResultWriter(
-    path, schema, rows_per_shard=4, run_config={"stage": stage}
-  )
-  writer.write(
-    {
-      "id": ids,
-      "problem": problems or [None] * len(ids),
-      column: np.asarray(values, np.float32),
-    }
-  )
-  writer.close()
+  problems = problems or [None] * len(ids)
+  for p in range(processes):
+    writer = results.ResultWriter(
+      path,
+      schema,
+      process_index=p,
+      process_count=processes,
+      rows_per_shard=rows_per_shard,
+      run_config={"stage": stage},
+    )
+    for start in range(p, len(ids), processes * rows_per_shard):
+      rows = slice(start, start + processes * rows_per_shard, processes)
+      writer.write(
+        {
+          "id": ids[rows],
+          "problem": problems[rows],
+          column: np.asarray(values[rows], np.float32),
+        }
+      )
+    writer.close()
   extra = {"score_column": column} if stage == "score" else {}
   results.write_manifest(path, {"stage": stage, **extra})
   return str(path)
+
+
+def run_select(output, paths, sampler, **settings):
+  """The stage's (ids, manifest)."""
+  config = configs.SelectConfig(
+    scores=tuple(paths), sampler=sampler, output=str(output), **settings
+  )
+  manifest = select.select(config)
+  return results.read_results(output).column("id").to_pylist(), manifest
 
 
 IDS = [f"d{i}" for i in range(10)]
@@ -36,8 +170,8 @@ DENSITY = [5.0, 1.0, 4.0, 2.0, 3.0, 9.0, 8.0, 7.0, 6.0, 10.0]
 @pytest.fixture
 def dirs(tmp_path):
   problems = [None] * 9 + ["malformed_json"]
-  q = write_dir(tmp_path / "q", "score", "p_yes", IDS[::-1], QUALITY[::-1],
-                problems[::-1])  # fmt: skip
+  q = write_dir(tmp_path / "q", "score", "p_yes", IDS[::-1],
+                QUALITY[::-1], problems[::-1])  # fmt: skip
   d = write_dir(tmp_path / "d", "density", "density", IDS, DENSITY, problems)
   return q, d
 
@@ -60,43 +194,179 @@ def test_askllm_topk_keeps_the_highest_scores(tmp_path, dirs):
     "num_selected": 3,
   }
   assert manifest["sampler"] == "askllm-topk" and manifest["seed"] == 0
+  assert not os.path.exists(tmp_path / "sel.scratch")
 
 
 def test_density_topk_and_bottomk_skip_excluded_rows(tmp_path, dirs):
   ids, _ = run(tmp_path, scores=(dirs[1],), sampler="density-bottomk", k=2)
   assert ids == ["d1", "d3"]
-  top = select.choose("density-topk", [scores.read_scores(dirs[1])], k=2)[0]
-  assert list(top) == ["d5", "d6"]  # d9 (density 10) is malformed: excluded
+  top, _ = run_select(tmp_path / "top", dirs[1:], "density-topk", k=2)
+  assert top == ["d5", "d6"]  # d9 (density 10) is malformed: excluded
 
 
 def test_seeded_samplers_are_deterministic_and_differ_by_seed(tmp_path, dirs):
-  inputs = [scores.read_scores(d) for d in dirs]
   for sampler in ("density-ips", "random", "askllm-then-ips"):
-    a = select.choose(sampler, inputs, k=4, seed=1)[0]
-    b = select.choose(sampler, inputs[::-1], k=4, seed=1)[0]
-    np.testing.assert_array_equal(a, b)
-    assert "d9" not in a and len(set(a)) == 4
+    a, _ = run_select(tmp_path / f"{sampler}a", dirs, sampler, k=4, seed=1)
+    b, _ = run_select(
+      tmp_path / f"{sampler}b", dirs[::-1], sampler, k=4, seed=1
+    )
+    assert a == b and "d9" not in a and len(set(a)) == 4
   seeds = {
-    tuple(select.choose("random", inputs, k=4, seed=s)[0]) for s in range(5)
+    tuple(run_select(tmp_path / f"r{s}", dirs, "random", k=4, seed=s)[0])
+    for s in range(5)
   }
   assert len(seeds) > 1
 
 
-def test_askllm_then_ips_samples_within_the_quality_top(dirs):
-  inputs = [scores.read_scores(d) for d in dirs]
-  chosen, counts = select.choose(
-    "askllm-then-ips", inputs, k=3, seed=0, quality_rate=0.4
+def test_askllm_then_ips_samples_within_the_quality_top(tmp_path, dirs):
+  chosen, manifest = run_select(
+    tmp_path / "sel", dirs, "askllm-then-ips", k=3, quality_rate=0.4
   )
   assert set(chosen) <= {"d0", "d2", "d4", "d6"}
-  assert counts["quality_rate"] == 0.4
+  assert manifest["counts"]["quality_rate"] == 0.4
 
 
 def test_bad_requests_are_clear_errors(tmp_path, dirs):
-  q = scores.read_scores(dirs[0])
   with pytest.raises(ValueError, match="needs density"):
-    select.choose("density-ips", [q], k=1)
-  with pytest.raises(ValueError, match="eligible"):
-    select.choose("askllm-topk", [q], k=10)
+    run_select(tmp_path / "a", dirs[:1], "density-ips", k=1)
+  with pytest.raises(ValueError, match="more than the 9 eligible examples"):
+    run_select(tmp_path / "b", dirs[:1], "askllm-topk", k=10)
+  assert not os.path.exists(tmp_path / "b")
   other = write_dir(tmp_path / "o", "density", "density", IDS[:9], DENSITY[:9])
-  with pytest.raises(ValueError, match="different examples"):
-    select.choose("askllm-then-ips", [q, scores.read_scores(other)], k=1)
+  with pytest.raises(ValueError, match="different examples: id 'd9' is in"):
+    run_select(tmp_path / "c", [dirs[0], other], "askllm-then-ips", k=1)
+  with pytest.raises(ValueError, match="Two density inputs"):
+    run_select(tmp_path / "e", [dirs[1], other], "density-ips", k=1)
+
+
+def corpus(seed, n=90):
+  """Ids of C4-like varied lengths (one of 2000 characters), scores with
+  ties, some excluded problems and unscored (NaN) perplexities."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.choice([0, 3, 40, 70, 300], n)
+  lengths[n // 2] = 2000
+  ids = [
+    f"https://s{i}.example/" + "".join(rng.choice(list("az/é-%Z"), m))
+    for i, m in enumerate(lengths)
+  ]
+  ids[n // 3] = ids[n // 3][:22]  # Prefix-sharing ids.
+  problems = rng.choice(
+    [None, None, None, "truncated", "malformed_json", "empty,duplicate_id"], n
+  ).tolist()
+  values = {
+    "quality": rng.choice([0.1, 0.5, 0.5, 0.9], n)
+    + rng.random(n) * 0.01 * (rng.random(n) < 0.5),
+    "density": rng.choice([1.0, 2.0, 2.0, 3.0], n) * rng.choice([1, 1.5], n),
+    "semdedup": rng.choice([0.0, 0.0, 0.3, 0.99], n),
+    "prototypes": rng.random(n).round(1),
+    "perplexity": np.where(rng.random(n) < 0.2, np.nan, rng.random(n) * 5),
+  }
+  return np.asarray(ids, object), np.asarray(problems, object), values
+
+
+STAGES = {
+  "quality": ("score", "p_yes"),
+  "density": ("density", "density"),
+  "semdedup": ("semdedup", "semdedup_similarity"),
+  "prototypes": ("prototypes", "centroid_distance"),
+  "perplexity": ("perplexity", "mean_nll"),
+}
+
+
+@pytest.fixture
+def score_dirs(tmp_path):
+  """kind -> directory, each in its own row order, shard size and process
+  count."""
+  ids, problems, values = corpus(seed=0)
+  rng = np.random.default_rng(1)
+  out = {}
+  for i, (kind, (stage, column)) in enumerate(STAGES.items()):
+    order = rng.permutation(len(ids))
+    out[kind] = write_dir(tmp_path / kind, stage, column, ids[order],
+                          values[kind][order], list(problems[order]),
+                          rows_per_shard=3 + 4 * i,
+                          processes=1 + i % 2)  # fmt: skip
+  return out
+
+
+@pytest.fixture
+def small_memory(monkeypatch):
+  """Tiny buckets, samples, collections and sorted runs: every pass and
+  merge of the bounded-memory path runs on small inputs."""
+  kth = functools.partial(
+    ranking.kth, sample_rows=8, collect_rows=6, collect_bytes=400
+  )
+  monkeypatch.setattr(ranking, "kth", kth)
+  monkeypatch.setattr(
+    score_join,
+    "JoinedScores",
+    functools.partial(score_join.JoinedScores, bucket_rows=7, batch_rows=5),
+  )
+  monkeypatch.setattr(
+    sorted_runs,
+    "SortedRuns",
+    functools.partial(sorted_runs.SortedRuns, run_bytes=200),
+  )
+
+
+SAMPLER_INPUTS = {
+  "askllm-topk": ["quality"],
+  "density-ips": ["density", "quality"],
+  "density-topk": ["density"],
+  "density-bottomk": ["density"],
+  "random": ["prototypes", "perplexity"],
+  "askllm-then-ips": ["quality", "density"],
+  "perplexity": ["perplexity"],
+  "semdedup": ["semdedup", "density", "quality"],
+  "prototypes": ["prototypes"],
+}
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLER_INPUTS))
+@pytest.mark.parametrize("reverse", [False, True])
+def test_streaming_selection_equals_the_in_memory_one(
+  sampler, reverse, tmp_path, score_dirs, small_memory
+):
+  paths = [score_dirs[kind] for kind in SAMPLER_INPUTS[sampler]]
+  paths = paths[::-1] if reverse else paths
+  inputs = [scores.read_scores(p) for p in paths]
+  for i, size in enumerate([{"rate": 0.3}, {"k": 1}, {"k": 0}]):
+    settings = dict(size, seed=3)
+    if sampler == "askllm-then-ips":
+      settings["quality_rate"] = 0.5
+    want, counts = choose_in_memory(sampler, inputs, **settings)
+    got, manifest = run_select(tmp_path / f"sel{i}", paths, sampler,
+                               **settings)  # fmt: skip
+    assert got == list(want)
+    assert manifest["counts"] == counts
+
+
+def test_selection_does_not_depend_on_shards_or_processes(tmp_path):
+  ids, problems, values = corpus(seed=2)
+  rng = np.random.default_rng(3)
+  chosen = set()
+  for i, processes in enumerate([1, 2, 3]):
+    order = rng.permutation(len(ids))
+    path = write_dir(tmp_path / f"d{i}", "density", "density", ids[order],
+                     values["density"][order], list(problems[order]),
+                     rows_per_shard=2 + 5 * i,
+                     processes=processes)  # fmt: skip
+    got, _ = run_select(tmp_path / f"sel{i}", [path], "density-ips", rate=0.4)
+    chosen.add(tuple(got))
+  assert len(chosen) == 1
+
+
+def test_a_corrupt_shard_is_named_and_nothing_is_complete(tmp_path):
+  ids = [f"https://example.com/{i:04d}" for i in range(5000)]
+  rng = np.random.default_rng(0)
+  path = write_dir(tmp_path / "d", "density", "density", np.asarray(ids),
+                   rng.random(5000) + 0.5, rows_per_shard=1000)  # fmt: skip
+  shard = os.path.join(path, results.read_manifest(path)["shards"][2]["file"])
+  data = bytearray(open(shard, "rb").read())
+  data[100:3000] = rng.integers(0, 256, 2900, dtype=np.uint8).tobytes()
+  with open(shard, "wb") as f:
+    f.write(data)
+  out = tmp_path / "sel"
+  with pytest.raises(results.OutputError, match=shard):
+    run_select(out, [path], "density-ips", rate=0.5)
+  assert not os.path.exists(out / results.MANIFEST)

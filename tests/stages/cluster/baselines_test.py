@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from data_efficient import sharding
-from data_efficient.io import results, scores
+from data_efficient.io import results
 from data_efficient.stages import cluster, configs, select
 from data_efficient.stages.cluster import baselines, kmeans
 
@@ -127,6 +127,14 @@ def run_cluster(tmp_path, path, method, seed=0, **settings):
   return out
 
 
+def select_ids(output, scores_dir, sampler, k):
+  config = configs.SelectConfig(
+    scores=(scores_dir,), sampler=sampler, k=k, output=str(output)
+  )
+  select.select(config)
+  return results.read_results(output).column("id").to_pylist()
+
+
 def test_semdedup_stage_and_select_keep_the_non_duplicates(tmp_path):
   x, copies = corpus(seed=3)
   path = str(tmp_path / "x.npy")
@@ -152,7 +160,7 @@ def test_semdedup_stage_and_select_keep_the_non_duplicates(tmp_path):
   assert chosen == sorted(ids[keep])
   # A lower rate drops the most duplicated of the kept ones first.
   sims = table.column("semdedup_similarity").to_numpy()
-  fewer = select.choose("semdedup", [scores.read_scores(out)], k=10)[0]
+  fewer = select_ids(tmp_path / "fewer", out, "semdedup", k=10)
   assert set(fewer) == set(ids[np.argsort(sims, kind="stable")[:10]])
 
 
@@ -177,13 +185,13 @@ def test_prototypes_stage_keeps_the_farthest_from_their_centroid(tmp_path):
     table.column("cluster").to_numpy(), cos.argmax(1)
   )
   ids = np.asarray(table.column("id").to_pylist())
-  chosen = select.choose("prototypes", [scores.read_scores(out)], k=25)[0]
+  chosen = select_ids(tmp_path / "sel", out, "prototypes", k=25)
   assert set(chosen) == set(ids[np.argsort(-dist, kind="stable")[:25]])
   with pytest.raises(
     ValueError,
     match="needs semdedup scores .data-efficient cluster --method semdedup",
   ):
-    select.choose("semdedup", [scores.read_scores(out)], k=1)
+    select_ids(tmp_path / "bad", out, "semdedup", k=1)
 
 
 def test_bad_settings_are_clear_errors(tmp_path):

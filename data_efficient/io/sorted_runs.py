@@ -1,0 +1,76 @@
+"""Strings sorted in bounded memory: sorted runs on disk, then one merge.
+
+A selection keeps up to hundreds of millions of ids (20% of C4: 73M urls)
+and writes them sorted. `SortedRuns` buffers the strings it is given up to
+`run_bytes`, writes each full buffer sorted to a scratch file (an Arrow IPC
+run), and yields them all in order by merging the runs, reading each a small
+batch at a time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_SCHEMA = pa.schema([("id", pa.string())])
+# Rows per batch of a run on disk: what the merge holds of each run (C4's
+# 20%, 73M urls: ~150 runs of 32 MB, ~150 x 1024 ids in the merge).
+_RUN_BATCH = 1024
+
+
+def _sort(strings: list[pa.Array]) -> pa.Array:
+  strings = pa.concat_arrays(strings)
+  return strings.take(pc.sort_indices(strings))
+
+
+def _read_run(path: str) -> Iterator[str]:
+  with pa.memory_map(path) as source:
+    run = pa.ipc.open_file(source)
+    for i in range(run.num_record_batches):
+      yield from run.get_batch(i).column(0).to_pylist()
+
+
+class SortedRuns:
+  """Collects strings, then yields them all sorted (code point order)."""
+
+  def __init__(self, scratch: str, run_bytes: int = 1 << 25):
+    """Starts an empty collection.
+
+    Args:
+      scratch: A directory for the runs (created; the caller removes it).
+      run_bytes: String bytes buffered before a run is written.
+    """
+    self._scratch = scratch
+    self._run_bytes = run_bytes
+    self._buffer: list[pa.Array] = []
+    self._bytes = 0
+    self._runs: list[str] = []
+
+  def add(self, strings: pa.Array) -> None:
+    """Adds [n] non-null strings."""
+    self._buffer.append(strings)
+    self._bytes += strings.nbytes
+    if self._bytes >= self._run_bytes:
+      self._write_run()
+
+  def _write_run(self) -> None:
+    os.makedirs(self._scratch, exist_ok=True)
+    path = os.path.join(self._scratch, f"run-{len(self._runs):06d}.arrow")
+    table = pa.table({"id": _sort(self._buffer)}, schema=_SCHEMA)
+    with pa.ipc.new_file(path, _SCHEMA) as writer:
+      writer.write_table(table, max_chunksize=_RUN_BATCH)
+    self._runs.append(path)
+    self._buffer, self._bytes = [], 0
+
+  def __iter__(self) -> Iterator[str]:
+    """Every string added, in sorted order (once)."""
+    if not self._runs:
+      yield from _sort(self._buffer or [pa.array([], pa.string())]).to_pylist()
+      return
+    if self._buffer:
+      self._write_run()
+    yield from heapq.merge(*(_read_run(path) for path in self._runs))
