@@ -12,15 +12,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import html
+import itertools
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from data_efficient.io import records
+from data_efficient.io import records, results
 from data_efficient.io import scores as scores_lib
-from data_efficient.stages import configs
+from data_efficient.stages import configs, sampling
 
 _COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948",
            "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")  # fmt: skip
@@ -58,6 +61,9 @@ class ScoreColumn:
   manifest: dict
   column: str = "score"  # the directory's score column, e.g. "p_yes"
   kind: str | None = None  # `io.scores` kind, e.g. scores_lib.QUALITY
+  # Exact over the whole directory, shown when `values` is of a sample.
+  rows: int | None = None
+  ranked_rows: int | None = None  # finite scores select does not leave out
 
 
 @dataclasses.dataclass
@@ -65,6 +71,16 @@ class Selection:
   name: str  # sampler name
   ids: set[str]
   manifest: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Population:
+  """Exact counts over every corpus record read, where the report's examples
+  are an id-keyed sample of them."""
+
+  records: int
+  problems: Mapping[str, int]  # records per problem category
+  seed: int  # of the sample's id hash (`sampling.id_uniforms`)
 
 
 @dataclasses.dataclass
@@ -77,6 +93,7 @@ class Report:
   scores: list[ScoreColumn]
   selections: list[Selection]
   notes: list[str] = dataclasses.field(default_factory=list)
+  population: Population | None = None  # None: the examples are all read
 
 
 def _e(text) -> str:
@@ -93,7 +110,7 @@ def _cut(text: str, limit: int) -> str:
   )
 
 
-def score_name(scores: scores_lib.Scores) -> str:
+def score_name(scores: scores_lib.Scores | scores_lib.ScoreSource) -> str:
   """A heading for a score directory: its stage, score and settings."""
   manifest = scores.manifest
   config = manifest.get("run_config", {})
@@ -303,14 +320,19 @@ def scatter_svg(
   return plot + _legend(color)
 
 
+_EXCLUDED = f"(^|,)({'|'.join(records.DEFAULT_EXCLUDED_PROBLEMS)})(,|$)"
+
+
+def _excluded(problems: pa.Array) -> np.ndarray:
+  """[n] bool: rows whose problems (comma-separated, or null) include one
+  `select` leaves out by default (unreadable text, a repeated id)."""
+  hit = pc.match_substring_regex(problems.cast(pa.string()), _EXCLUDED)
+  return pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+
+
 def _left_out(report: Report) -> np.ndarray:
-  """[n] bool: examples whose record has a problem `select` leaves out by
-  default (unreadable text, a repeated id)."""
-  excluded = set(records.DEFAULT_EXCLUDED_PROBLEMS)
-  return np.asarray(
-    [bool(p and excluded.intersection(p.split(","))) for p in report.problems],
-    bool,
-  )
+  """[n] bool: examples whose record has a problem `select` leaves out."""
+  return _excluded(pa.array(report.problems, pa.string()))
 
 
 def _example(report: Report, i: int) -> str:
@@ -588,6 +610,75 @@ def total_variation_from_uniform(shares: Mapping[str, float], k: int) -> float:
   )
 
 
+# Corpus records hashed at a time while sampling.
+_BATCH_RECORDS = 65_536
+
+
+def _sample(
+  corpus_records: Iterable[records.Record], size: int, seed: int
+) -> tuple[list[records.Record], Population]:
+  """The records whose keys (id hash, id, position) are the `size` smallest,
+  in corpus order, and exact counts over all of them.
+
+  The hash is `sampling.id_uniforms(id, seed)`, so the sample holds the same
+  ids whatever reads them; a repeated id's records join in corpus order, as
+  a prefix. At most 2 `size` records and one batch are held at a time.
+  """
+  # (hash, id, position, record), pruned to the `size` smallest keys.
+  kept: list[tuple[float, str, int, records.Record]] = []
+  bound, count, problems = np.inf, 0, collections.Counter()
+  it = iter(corpus_records)
+  while batch := list(itertools.islice(it, _BATCH_RECORDS)):
+    hashes = sampling.id_uniforms([r.id for r in batch], seed)
+    problems.update(p for r in batch if r.problem for p in r.problem.split(","))
+    kept += [
+      (hashes[j], batch[j].id, count + j, batch[j])
+      for j in np.flatnonzero(hashes <= bound)
+    ]
+    count += len(batch)
+    if len(kept) >= 2 * size:
+      kept.sort(key=lambda k: k[:3])
+      del kept[size:]
+      bound = kept[-1][0]
+  kept = sorted(sorted(kept, key=lambda k: k[:3])[:size], key=lambda k: k[2])
+  population = Population(count, dict(sorted(problems.items())), seed)
+  return [k[3] for k in kept], population
+
+
+def _members(ids: pa.Array, sample: pa.Array) -> np.ndarray:
+  """Indices of the `ids` that are in `sample`."""
+  return np.flatnonzero(
+    pc.is_in(ids, value_set=sample).to_numpy(zero_copy_only=False)
+  )
+
+
+def _score_column(
+  path: str, positions: Mapping[str, list[int]], sample: pa.Array
+) -> ScoreColumn:
+  """A score directory's scores of the sampled examples, streamed, with its
+  exact row and ranked counts."""
+  source = scores_lib.open_scores(path)
+  values = np.full(sum(map(len, positions.values())), np.nan)
+  rows = ranked = 0
+  # Stages write rows in corpus order, so the k-th row with an id scores
+  # the id's k-th record: a repeated id leaves its first record's score.
+  seen = collections.Counter()
+  for batch in source.batches():
+    ids, problems, scores = batch.columns
+    scores = scores.to_numpy(zero_copy_only=False).astype(np.float64)
+    rows += len(scores)
+    ranked += int((np.isfinite(scores) & ~_excluded(problems)).sum())
+    at = _members(ids, sample)
+    for i, v in zip(ids.take(at).to_pylist(), scores[at], strict=True):
+      if seen[i] < len(positions[i]):
+        values[positions[i][seen[i]]] = v
+      seen[i] += 1
+  return ScoreColumn(
+    score_name(source), values, source.manifest, source.column, source.kind,
+    rows, ranked,
+  )  # fmt: skip
+
+
 def from_dirs(
   corpus,
   *,
@@ -596,8 +687,14 @@ def from_dirs(
   title: str = "data_efficient report",
   limit: int | None = None,
   notes: Sequence[str] = (),
+  sample_rows: int = configs.default(configs.ReportConfig, "sample_rows"),
+  seed: int = configs.default(configs.ReportConfig, "seed"),
 ) -> tuple[Report, dict[str, dict]]:
   """Gathers a report from a corpus and stage output directories.
+
+  Each input is streamed once, holding at most `sample_rows` examples: the
+  corpus records of the smallest id hashes (`_sample`), with their rows in
+  every directory, so plots and overlaps line up.
 
   Args:
     corpus: An opened `io.corpus.Corpus` (texts and sources).
@@ -608,55 +705,50 @@ def from_dirs(
     limit: Read only the corpus's first `limit` records (large corpora);
       scores of other ids are left out of the page.
     notes: Remarks shown at the top (e.g. which weights were random).
+    sample_rows: Most examples held and shown; counts stay exact.
+    seed: Seed of the sample's id hash.
 
   Returns:
     (report, manifests by name) for `render`.
   """
-  import itertools
-
-  from data_efficient.io import results
-
-  ids, texts, sources, problems = [], [], [], []
+  chosen_records, population = _sample(
+    itertools.islice(corpus.records(), limit), sample_rows, seed
+  )
   # id -> its records' positions; a repeated id has several.
   positions = collections.defaultdict(list)
-  for r in itertools.islice(corpus.records(), limit):
-    positions[r.id].append(len(ids))
-    ids.append(r.id)
-    texts.append(r.text)
-    sources.append(r.source)
-    problems.append(r.problem)
+  for n, r in enumerate(chosen_records):
+    positions[r.id].append(n)
+  sample = pa.array(list(positions), pa.string())
   manifests: dict[str, dict] = {}
   columns = []
   for path in scores:
-    s = scores_lib.read_scores(path)
-    values = np.full(len(ids), np.nan)
-    # Stages write rows in corpus order, so the k-th row with an id scores
-    # the id's k-th record: a repeated id leaves its first record's score.
-    seen = collections.Counter()
-    for i, v in zip(s.ids, s.values, strict=True):
-      at = positions.get(i, ())
-      if seen[i] < len(at):
-        values[at[seen[i]]] = v
-      seen[i] += 1
-    columns.append(
-      ScoreColumn(score_name(s), values, s.manifest, s.column, s.kind)
-    )
-    manifests[f"{s.manifest.get('stage')}: {path}"] = s.manifest
-    for key in ("embeddings_manifest",):
-      if s.manifest.get(key):
-        manifests[f"embed: {s.manifest['run_config'].get('embeddings')}"] = (
-          s.manifest[key]
-        )
+    column = _score_column(path, positions, sample)
+    columns.append(column)
+    manifests[f"{column.manifest.get('stage')}: {path}"] = column.manifest
+    if column.manifest.get("embeddings_manifest"):
+      embeddings = column.manifest["run_config"].get("embeddings")
+      manifests[f"embed: {embeddings}"] = column.manifest["embeddings_manifest"]
   chosen = []
   for path in selections:
     manifest = results.read_manifest(path)
-    kept = set(results.read_results(path, columns=["id"]).column(0).to_pylist())
+    kept = set()
+    for batch in results.iter_results(path, ["id"]):
+      ids = batch.column(0)
+      kept.update(ids.take(_members(ids, sample)).to_pylist())
     # Named by directory: two selections may share a sampler.
     name = os.path.basename(os.path.normpath(path))
-    chosen.append(Selection(name, kept & positions.keys(), manifest))
+    chosen.append(Selection(name, kept, manifest))
     manifests[f"select {manifest.get('sampler')}: {path}"] = manifest
   report = Report(
-    title, ids, texts, sources, problems, columns, chosen, list(notes)
+    title,
+    [r.id for r in chosen_records],
+    [r.text for r in chosen_records],
+    [r.source for r in chosen_records],
+    [r.problem for r in chosen_records],
+    columns,
+    chosen,
+    list(notes),
+    population if population.records > len(chosen_records) else None,
   )
   return report, manifests
 
@@ -670,6 +762,8 @@ def report(config: configs.ReportConfig) -> Report:
     title=config.title,
     limit=config.limit,
     notes=config.notes,
+    sample_rows=config.sample_rows,
+    seed=config.seed,
   )
   with open(config.output, "w", encoding="utf-8") as f:
     f.write(render(page, manifests))

@@ -530,9 +530,19 @@ class ReportConfig:
   limit: int | None = setting(
     None, "Read only the corpus's first N records (large corpora)."
   )
+  sample_rows: int = setting(
+    100_000,
+    "Most examples the page plots and tables (those of the smallest id "
+    "hashes); counts stay exact.",
+  )
+  seed: int = setting(0, "Seed of the sample's id hash.")
   title: str = setting("data_efficient report")
   notes: tuple[str, ...] = setting((), cli=False)
   output: str = setting(help="The .html file to write.")
+
+  def __post_init__(self):
+    if self.sample_rows < 1:
+      raise ValueError(f"sample_rows={self.sample_rows}: must be >= 1.")
 
 
 @_config
