@@ -404,7 +404,7 @@ def _unranked_table(
     )
   excluded = ", ".join(records.DEFAULT_EXCLUDED_PROBLEMS)
   return (
-    f"<h3>Not ranked: {int((~ranked).sum())} examples</h3>"
+    f"<h3>Not ranked: {int((~ranked).sum())} examples{_scope(report)}</h3>"
     "<p>Examples without a score (NaN, or no row in the directory), and "
     f"records with a problem <code>select</code> leaves out ({excluded}), "
     "never rank.</p>"
@@ -424,24 +424,48 @@ def _samplers(kind: str | None) -> str:
   return f"<p>{'; '.join(uses)}.</p>" if uses else ""
 
 
+def _scope(report: Report) -> str:
+  """What counts of the page's examples are of."""
+  return "" if report.population is None else " of the sample"
+
+
+def _examples_read(report: Report) -> int:
+  """Corpus records read: exact, where the page holds a sample of them."""
+  if report.population is None:
+    return len(report.ids)
+  return report.population.records
+
+
+def _selected(report: Report, selection: Selection) -> int:
+  """Examples a selection keeps: exact (its manifest's), where the page holds
+  a sample."""
+  if report.population is None:
+    return len(selection.ids)
+  return selection.manifest.get("num_rows", len(selection.ids))
+
+
 def _source_table(report: Report) -> str:
   sources = sorted({s or "(none)" for s in report.sources})
   all_src = [s or "(none)" for s in report.sources]
   by_id = dict(zip(report.ids, all_src, strict=True))
   header = "".join(f"<th>{_e(s)}</th>" for s in sources)
 
-  def row(name, members):
+  def row(name, members, examples):
     counts = {s: 0 for s in sources}
     for m in members:
       counts[by_id[m]] += 1
     total = max(1, len(members))
     cells = "".join(f"<td>{100 * counts[s] / total:.1f}%</td>" for s in sources)
-    return f"<tr><td>{_e(name)}</td><td>{len(members)}</td>{cells}</tr>"
+    return f"<tr><td>{_e(name)}</td><td>{examples}</td>{cells}</tr>"
 
-  rows = [row("whole corpus", report.ids)]
-  rows += [row(sel.name, sel.ids) for sel in report.selections]
+  rows = [row("whole corpus", report.ids, _examples_read(report))]
+  rows += [
+    row(sel.name, sel.ids, _selected(report, sel)) for sel in report.selections
+  ]
+  shares = "" if report.population is None else "<p>Shares of the sample.</p>"
   return (
-    f'<div class="wide"><table><tr><th>set</th><th>examples</th>{header}</tr>'
+    f'{shares}<div class="wide"><table><tr><th>set</th><th>examples</th>'
+    f"{header}</tr>"
     f"{''.join(rows)}</table></div>"
   )
 
@@ -455,13 +479,13 @@ def _overlap_table(report: Report) -> str:
     for b in sels:
       union = len(a.ids | b.ids) or 1
       cells.append(f"<td>{len(a.ids & b.ids) / union:.2f}</td>")
-    kept = len(a.ids) / max(1, len(report.ids))
+    kept = _selected(report, a) / max(1, _examples_read(report))
     rows.append(
       f"<tr><td>{_e(a.name)}</td><td>{kept:.1%}</td>{''.join(cells)}</tr>"
     )
   return (
     "<p>Kept fraction, and overlap between selections (Jaccard index: "
-    "shared / either).</p>"
+    f"shared / either{_scope(report)}).</p>"
     f'<div class="wide"><table><tr><th>sampler</th><th>kept</th>{header}</tr>'
     f"{''.join(rows)}</table></div>"
   )
@@ -533,22 +557,39 @@ def _log_scale(column: ScoreColumn, ranked: np.ndarray) -> bool:
 
 def render(report: Report, manifests: Mapping[str, dict]) -> str:
   """The whole HTML page."""
-  n = len(report.ids)
-  problems = collections.Counter(
-    p for problem in report.problems if problem for p in problem.split(",")
-  )
+  n, population = len(report.ids), report.population
+  if population is None:
+    problems = collections.Counter(
+      p for problem in report.problems if problem for p in problem.split(",")
+    )
+  else:
+    problems = population.problems
   marked = ", ".join(f"{_e(p)} {c}" for p, c in sorted(problems.items()))
   body = [f"<h1>{_e(report.title)}</h1>"]
   body += [f'<p class="note">{_e(note)}</p>' for note in report.notes]
   body.append(
-    f"<p>{n} examples{f'; records with problems: {marked}' if marked else ''}"
-    ".</p>"
+    f"<p>{_examples_read(report)} examples"
+    f"{f'; records with problems: {marked}' if marked else ''}.</p>"
   )
+  if population is not None:
+    body.append(
+      f"<p>Plots and tables show an id-keyed sample: the {n:,} of the "
+      f"{population.records:,} examples whose ids hash smallest (seed "
+      f"{population.seed}); counts of examples, problems, ranked rows and "
+      "selected rows are exact.</p>"
+    )
   left_out = _left_out(report)
   ranked = [np.isfinite(col.values) & ~left_out for col in report.scores]
   for col, ok in zip(report.scores, ranked, strict=True):
     body.append(f"<h2>{_e(col.name)}</h2>{_samplers(col.kind)}")
-    body.append(f"<p>{int(ok.sum())} of {n} examples ranked.</p>")
+    if population is None:
+      body.append(f"<p>{int(ok.sum())} of {n} examples ranked.</p>")
+    else:
+      body.append(
+        f"<p>{col.ranked_rows} of the directory's {col.rows} rows ranked; "
+        f"histogram of a {n:,}-row id-keyed sample of "
+        f"{population.records:,} rows, {int(ok.sum())} of them ranked.</p>"
+      )
     body.append(
       histogram_svg(
         col.values[ok],
@@ -563,7 +604,8 @@ def render(report: Report, manifests: Mapping[str, dict]) -> str:
     both = ok_a & ok_b
     body.append(f"<h2>{_e(_stage(b))} against {_e(_stage(a))}</h2>")
     body.append(
-      f"<p>{int(both.sum())} examples ranked by both: {_e(b.name)} "
+      f"<p>{int(both.sum())} examples{_scope(report)} ranked by both: "
+      f"{_e(b.name)} "
       f"against {_e(a.name)}.</p>"
     )
     body.append(

@@ -13,7 +13,7 @@ import pytest
 from data_efficient import report
 from data_efficient.io import records, results
 from data_efficient.io import scores as scores_lib
-from data_efficient.stages import askllm, configs, perplexity, select
+from data_efficient.stages import askllm, configs, perplexity, sampling, select
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quotes"'
 
@@ -379,3 +379,72 @@ def test_long_lines_wrap_at_every_width_in_chromium(tmp_path, hostile_report):
     shot = tmp_path / f"hostile_{width}.png"
     _screenshot(flags, page, shot, width, 3000)
     assert shot.stat().st_size > 20_000
+
+
+def _sharded_scores(path, ids, values, process_count, rows_per_shard):
+  """A `score` directory of `ids` written by `process_count` processes, each
+  a contiguous part in writes of 100 rows."""
+  schema = pa.schema([("id", pa.string()), ("problem", pa.string()),
+                      ("p_yes", pa.float32())])  # fmt: skip
+  parts = np.array_split(np.arange(len(ids)), process_count)
+  for process, part in enumerate(parts):
+    w = results.ResultWriter(path, schema, run_config={"stage": "score"},
+                             process_index=process, process_count=process_count,
+                             rows_per_shard=rows_per_shard)  # fmt: skip
+    for rows in np.array_split(part, max(1, len(part) // 100)):
+      w.write({"id": [ids[i] for i in rows], "problem": [None] * len(rows),
+               "p_yes": values[rows]})  # fmt: skip
+    w.close()
+  results.write_manifest(path, {"stage": "score", "score_column": "p_yes"})
+
+
+@pytest.mark.parametrize("process_count, rows_per_shard", [(1, 50_000),
+                                                           (3, 300)])  # fmt: skip
+def test_a_large_run_renders_a_bounded_id_keyed_sample(
+  tmp_path, monkeypatch, process_count, rows_per_shard
+):
+  n, size, seed = 5_000, 500, 7
+  monkeypatch.setattr(report, "_BATCH_RECORDS", 256)  # prune many times
+  corpus = tmp_path / "c.jsonl"
+  ids = [f"https://example.com/{i}" for i in range(n)]
+  with open(corpus, "w") as f:
+    for k, i in enumerate(ids):
+      f.write(json.dumps({"url": i, "text": f"t{k}", "src": "ab"[k % 2]}))
+      f.write("\n")
+  p_yes = np.linspace(0, 1, n).astype(np.float32)
+  _sharded_scores(tmp_path / "q", ids, p_yes, process_count, rows_per_shard)
+  select.select(
+    configs.SelectConfig(
+      scores=(str(tmp_path / "q"),), sampler="askllm-topk", k=1_000,
+      output=str(tmp_path / "s"),
+    )
+  )  # fmt: skip
+  out = tmp_path / "r.html"
+  page = report.report(
+    configs.ReportConfig(
+      corpus=configs.CorpusConfig(
+        input=str(corpus), id_field="url", source_field="src"
+      ),
+      scores=(str(tmp_path / "q"),),
+      selections=(str(tmp_path / "s"),),
+      sample_rows=size,
+      seed=seed,
+      output=str(out),
+    )
+  )
+  # The ids of the `size` smallest hashes, in corpus order, whatever the
+  # directory's shards; their own scores; rows held never exceed `size`.
+  hashes = sampling.id_uniforms(ids, seed)
+  chosen = np.sort(np.argsort(hashes, kind="stable")[:size])
+  assert page.ids == [ids[i] for i in chosen]
+  assert len(page.texts) == len(page.scores[0].values) == size
+  np.testing.assert_array_equal(page.scores[0].values, p_yes[chosen])
+  top = {ids[i] for i in chosen if i >= n - 1_000}
+  assert page.selections[0].ids == top
+  html = out.read_text()
+  assert f"<p>{n} examples.</p>" in html  # exact totals
+  assert f"{n} of the directory's {n} rows ranked" in html
+  assert "histogram of a 500-row id-keyed sample of 5,000 rows" in html
+  assert "<td>s</td><td>20.0%</td>" in html  # kept: 1,000 of 5,000
+  assert "<td>s</td><td>1000</td>" in html and f"<td>{n}</td>" in html
+  assert "500 of them ranked" in html and "1 of 500:" in html
