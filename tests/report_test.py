@@ -448,3 +448,20 @@ def test_a_large_run_renders_a_bounded_id_keyed_sample(
   assert "<td>s</td><td>20.0%</td>" in html  # kept: 1,000 of 5,000
   assert "<td>s</td><td>1000</td>" in html and f"<td>{n}</td>" in html
   assert "500 of them ranked" in html and "1 of 500:" in html
+
+
+def test_the_sample_holds_bounded_memory_however_many_records(monkeypatch):
+  import tracemalloc
+
+  monkeypatch.setattr(report, "_BATCH_RECORDS", 1_024)
+
+  def peak(n):
+    corpus = (records.Record(f"u{i}", "text", source="web") for i in range(n))
+    tracemalloc.start()
+    sample, population = report._sample(corpus, 200, seed=0)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(sample) == 200 and population.records == n
+    return peak
+
+  assert peak(64_000) < 1.5 * peak(8_000)  # 8 times the records
