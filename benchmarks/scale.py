@@ -1,20 +1,33 @@
-"""Selection at scale: rows/s and peak memory of `select`, per sampler.
+"""Scale: rows/s and peak memory of select, sketch passes and k-means.
 
-  python3 benchmarks/scale.py [--rows 1000000] [--rate 0.2] [--keep DIR]
+  python3 benchmarks/scale.py [--rows 1000000] [--parts select,sketch,kmeans]
+      [--dim 64] [--sketch_rows 1000] [--sketch_buckets 20000]
+      [--clusters 1000] [--rate 0.2] [--keep DIR]
 
-Synthesises an Ask-LLM score directory and a density directory of `--rows`
-rows with C4-like url ids (lengths log-normal around 60 characters, one in
-ten thousand between 1,000 and 4,000), in different row orders, then runs
-`select` for each sampler in a fresh process and reports rows/s and the
-process's peak resident memory (/proc/self/status VmHWM, read by the child
-itself: `ru_maxrss` of a child keeps the parent's pre-exec high-water mark).
-Timing starts after the imports. At up to 10^6 rows it also runs the in-memory selection that `select` was
-before it streamed (`choose_in_memory`, the tests' reference: every id in a
-fixed-width NumPy unicode array) on the same inputs, under an address-space
-limit (`--old_limit_gib`) so that it fails cleanly instead of meeting the
-OOM killer (and within `--old_timeout` seconds), and prints the memory
-ratio. Projections to C4 (3.65e8 rows)
-are labelled as such. The last line is `RESULT key=value ...`.
+Synthesises, with C4-like url ids (lengths log-normal around 60 characters,
+one in ten thousand between 1,000 and 4,000) in different row orders, an
+Ask-LLM score directory, a density directory and an embeddings directory
+(float16, `--dim` wide, written with `io.embeddings.schema` and
+`ResultWriter` as `embed` writes them; 768 is Sentence-T5's width, the small
+default keeps the run short and time grows with d). It then measures, each
+in a fresh process: `select` for each sampler, the density sketch's pass 1
+(`build_sketch`, saving its counts as the stage does) and pass 2
+(`density_scores` over that saved sketch), and one k-means Lloyd pass
+(`lloyd_pass`, `--clusters` centroids), and reports rows/s and the process's
+peak resident memory (/proc/self/status VmHWM, read by the child itself:
+`ru_maxrss` of a child keeps the parent's pre-exec high-water mark). Timing
+starts after the imports and the inputs' first batch (bandwidth, initial
+centroids) and includes jit compilation.
+
+With `--rows` above 10^6 every part is measured at 10^6 rows first too, and
+each measurement's memory ratio (largest size / 10^6) is printed; at up to
+10^6 rows the in-memory selection that `select` was before it streamed
+(`choose_in_memory`, the tests' reference: every id in a fixed-width NumPy
+unicode array) runs on the same inputs, under an address-space limit
+(`--old_limit_gib`) so that it fails cleanly instead of meeting the OOM
+killer (and within `--old_timeout` seconds), with its memory ratio.
+Projections to C4 (3.65e8 rows, one host like this one) scale the measured
+per-row cost and are labelled as such. The last line is `RESULT key=value`.
 """
 
 from __future__ import annotations
@@ -31,6 +44,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C4_ROWS = 3.65e8
+BASE_ROWS = 1_000_000
+SHARD_ROWS = 1 << 17
+PARTS = ("select", "sketch", "kmeans")
 SAMPLERS = {
   "askllm-topk": ("q",),
   "density-ips": ("d",),
@@ -40,12 +56,21 @@ SAMPLERS = {
   "askllm-then-ips": ("q", "d"),
 }
 
-_CHILD = """
+# Every child: its settings in argv[1]; prints {seconds, peak, error} last.
+_HEAD = """
 import importlib.util, json, resource, sys, time
 sys.path.insert(0, {root!r})
+setting = json.loads(sys.argv[1])
+"""
+_TAIL = """
+status = open("/proc/self/status").read()
+peak = int(status.split("VmHWM:")[1].split()[0]) * 1024
+print(json.dumps({"seconds": seconds, "peak": peak, "error": error}))
+"""
+_SELECT = """
 from data_efficient.io import scores
 from data_efficient.stages import configs, select
-kind, paths, sampler, output, limit = json.loads(sys.argv[1])
+kind, paths, sampler, output, rate, limit = setting
 spec = importlib.util.spec_from_file_location(
   "select_test", {root!r} + "/tests/stages/select_test.py")
 reference = importlib.util.module_from_spec(spec)
@@ -56,17 +81,42 @@ t0 = time.perf_counter()
 try:
   if kind == "new":
     select.select(configs.SelectConfig(
-      scores=tuple(paths), sampler=sampler, rate={rate}, output=output))
+      scores=tuple(paths), sampler=sampler, rate=rate, output=output))
   else:
     inputs = [scores.read_scores(p) for p in paths]
-    reference.choose_in_memory(sampler, inputs, rate={rate})
+    reference.choose_in_memory(sampler, inputs, rate=rate)
   error = None
 except MemoryError:
   error = "MemoryError"
 seconds = time.perf_counter() - t0
-status = open("/proc/self/status").read()
-peak = int(status.split("VmHWM:")[1].split()[0]) * 1024
-print(json.dumps({{"seconds": seconds, "peak": peak, "error": error}}))
+"""
+_STAGE = """
+import numpy as np
+from data_efficient import sharding
+from data_efficient.io import embeddings
+from data_efficient.stages import configs
+from data_efficient.stages.cluster import kmeans
+from data_efficient.stages.density import run
+part, path, work, sketch_rows, buckets, clusters = setting
+mesh = sharding.make_mesh()
+error = None
+if part == "kmeans":
+  _, _, first = next(embeddings.iter_embeddings(path, clusters))
+  centroids = first / np.linalg.norm(first, axis=1, keepdims=True)
+  t0 = time.perf_counter()
+  kmeans.lloyd_pass(path, centroids, mesh)
+else:
+  config = run.resolve_bandwidth(path, configs.DensityConfig(
+    embeddings=path, output=work, rows=sketch_rows, buckets=buckets,
+    progress=False))
+  checkpoints = work + "/" + run.SKETCH_CHECKPOINTS
+  t0 = time.perf_counter()
+  if part == "sketch_pass1":
+    run.build_sketch(path, config, mesh, checkpoint_dir=checkpoints)
+  else:
+    scored = sum(len(v) for _, _, v in run.density_scores(
+      path, config, mesh, progress=False, checkpoint_dir=checkpoints))
+seconds = time.perf_counter() - t0
 """
 
 
@@ -86,35 +136,69 @@ def url_ids(rows: int, rng: np.random.Generator) -> list[str]:
   return ids
 
 
+def write_shards(path, schema, stage, rows, columns_at, manifest=()):
+  """A results directory of `rows` rows, `columns_at(slice)` per shard."""
+  from data_efficient.io import results
+
+  writer = results.ResultWriter(
+    path, schema, rows_per_shard=SHARD_ROWS, run_config={"stage": stage}
+  )
+  for start in range(0, rows, SHARD_ROWS):
+    writer.write(columns_at(slice(start, min(rows, start + SHARD_ROWS))))
+  writer.close()
+  results.write_manifest(path, {"stage": stage, **dict(manifest)})
+  return path
+
+
 def write_scores(path, stage, column, ids, values, problems):
   import pyarrow as pa
-
-  from data_efficient.io import results
 
   schema = pa.schema(
     [("id", pa.string()), ("problem", pa.string()), (column, pa.float32())]
   )
-  writer = results.ResultWriter(
-    path, schema, rows_per_shard=1 << 17, run_config={"stage": stage}
-  )
-  for start in range(0, len(ids), 1 << 17):
-    rows = slice(start, start + (1 << 17))
-    writer.write(
-      {"id": ids[rows], "problem": problems[rows], column: values[rows]}
-    )
-  writer.close()
   extra = {"score_column": column} if stage == "score" else {}
-  results.write_manifest(path, {"stage": stage, **extra})
-  return path
+
+  def columns_at(rows):
+    return {"id": ids[rows], "problem": problems[rows], column: values[rows]}
+
+  return write_shards(path, schema, stage, len(ids), columns_at, extra)
 
 
-def child(kind, paths, sampler, output, rate, limit=0, timeout=None):
-  """One selection in a fresh process: seconds, peak bytes, error."""
-  code = _CHILD.format(root=ROOT, rate=rate)
-  arg = json.dumps([kind, paths, sampler, output, limit])
+def write_embeddings(path, ids, problems, dim, seed=0):
+  """float16 embeddings around 256 random centres, as `embed` stores them."""
+  from data_efficient.io import embeddings
+
+  centres = np.random.default_rng(seed).normal(size=(256, dim))
+
+  def columns_at(rows):
+    rng = np.random.default_rng([seed, rows.start])
+    n = rows.stop - rows.start
+    # [n, dim]: a centre plus noise, so clusters and neighbourhoods exist.
+    x = centres[rng.integers(0, len(centres), n)] + rng.normal(size=(n, dim))
+    return {
+      "id": ids[rows],
+      "problem": problems[rows],
+      "n_tokens": np.full(n, 512, np.int32),
+      "truncated": np.zeros(n, bool),
+      embeddings.EMBEDDING_COLUMN: x.astype(np.float16),
+    }
+
+  return write_shards(
+    path,
+    embeddings.schema(dim, "float16"),
+    "embed",
+    len(ids),
+    columns_at,
+    {"embedding_column": embeddings.EMBEDDING_COLUMN},
+  )
+
+
+def child(body, setting, limit=0, timeout=None):
+  """One measurement in a fresh process: seconds, peak bytes, error."""
+  code = (_HEAD + body).format(root=ROOT) + _TAIL
   try:
     done = subprocess.run(
-      [sys.executable, "-c", code, arg],
+      [sys.executable, "-c", code, json.dumps(setting)],
       capture_output=True,
       text=True,
       timeout=timeout,
@@ -126,91 +210,167 @@ def child(kind, paths, sampler, output, rate, limit=0, timeout=None):
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def synthesise(rows, work, args):
+  """Input directories of `rows` rows under `work`; prints the id lengths."""
+  rng = np.random.default_rng(0)
+  ids = np.asarray(url_ids(rows, rng), object)
+  lengths = np.fromiter(map(len, ids), int, len(ids))
+  problems = np.where(rng.random(rows) < 0.01, "malformed_json", None)
+  density = (rng.lognormal(0, 1, rows) + 0.01).astype(np.float32)
+  quality = rng.random(rows).astype(np.float32)
+  order = rng.permutation(rows)
+  paths = {}
+  if "select" in args.parts:
+    paths["d"] = write_scores(
+      os.path.join(work, "density"), "density", "density", ids, density,
+      problems,
+    )  # fmt: skip
+    paths["q"] = write_scores(
+      os.path.join(work, "askllm"), "score", "p_yes", ids[order],
+      quality[order], problems[order],
+    )  # fmt: skip
+  if {"sketch", "kmeans"} & set(args.parts):
+    paths["e"] = write_embeddings(
+      os.path.join(work, "embeddings"), ids, problems, args.dim
+    )
+  print(
+    f"{rows} rows, id lengths: median {int(np.median(lengths))}, "
+    f"mean {lengths.mean():.0f}, max {lengths.max()} characters",
+    flush=True,
+  )
+  return paths, int(lengths.max())
+
+
+def measure(rows, paths, work, args):
+  """{name: (seconds, peak bytes)} of every part at `rows`; prints each."""
+  measured = {}
+
+  def report(name, new, extra=""):
+    if new["error"]:
+      raise SystemExit(f"{name} at {rows} rows: {new['error']}")
+    measured[name] = (new["seconds"], new["peak"])
+    print(
+      f"  {name:16s} {rows / new['seconds']:9.0f} rows/s, "
+      f"peak {new['peak'] / 2**20:7.0f} MiB{extra}",
+      flush=True,
+    )
+
+  for sampler, needs in SAMPLERS.items() if "select" in args.parts else ():
+    inputs = [paths[n] for n in needs]
+    out = os.path.join(work, f"sel-{sampler}")
+    new = child(_SELECT, ["new", inputs, sampler, out, args.rate, 0])
+    extra = ""
+    if rows <= args.base_rows and not new["error"]:
+      limit = int(args.old_limit_gib * 2**30)
+      old = child(
+        _SELECT,
+        ["old", inputs, sampler, out, args.rate, limit],
+        limit,
+        args.old_timeout,
+      )
+      if old["error"]:
+        extra = (
+          f" | in-memory: failed ({old['error'].strip().splitlines()[-1]}) "
+          f"under a {args.old_limit_gib:g} GiB address-space limit"
+        )
+        measured[f"{sampler}_memory_ratio"] = f">{limit / new['peak']:.1f}"
+      else:
+        extra = (
+          f" | in-memory: {rows / old['seconds']:9.0f} rows/s, peak "
+          f"{old['peak'] / 2**20:7.0f} MiB, "
+          f"ratio {old['peak'] / new['peak']:.1f}x"
+        )
+        measured[f"{sampler}_memory_ratio"] = round(
+          old["peak"] / new["peak"], 1
+        )
+    report(sampler, new, extra)
+  stages = []
+  if "sketch" in args.parts:
+    stages += ["sketch_pass1", "sketch_pass2"]
+  if "kmeans" in args.parts:
+    stages.append("kmeans")
+  for part in stages:
+    setting = [
+      part, paths["e"], os.path.join(work, "density-sketch"),
+      args.sketch_rows, args.sketch_buckets, args.clusters,
+    ]  # fmt: skip
+    report(
+      "kmeans_iteration" if part == "kmeans" else part, child(_STAGE, setting)
+    )
+  return measured
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--rows", type=int, default=1_000_000)
+  parser.add_argument("--rows", type=int, default=BASE_ROWS)
+  parser.add_argument(
+    "--parts",
+    default=",".join(PARTS),
+    help="Comma-separated of: " + ",".join(PARTS),
+  )
+  parser.add_argument(
+    "--base_rows",
+    type=int,
+    default=BASE_ROWS,
+    help="Above this, every part is measured at this size too (the memory "
+    "ratio's base) and the in-memory select is skipped.",
+  )
+  parser.add_argument("--dim", type=int, default=64, help="Embedding width.")
+  parser.add_argument("--sketch_rows", type=int, default=1000)
+  parser.add_argument("--sketch_buckets", type=int, default=20000)
+  parser.add_argument("--clusters", type=int, default=1000)
   parser.add_argument("--rate", type=float, default=0.2)
   parser.add_argument("--old_limit_gib", type=float, default=6.0)
   parser.add_argument("--old_timeout", type=float, default=120.0)
   parser.add_argument("--keep", help="Directory to keep the inputs in.")
   args = parser.parse_args()
+  args.parts = args.parts.split(",")
+  if unknown := set(args.parts) - set(PARTS):
+    parser.error(f"--parts: unknown {sorted(unknown)}; choose from {PARTS}")
   sys.path.insert(0, ROOT)
   work = args.keep or tempfile.mkdtemp(prefix="scale-")
-  rng = np.random.default_rng(0)
-  ids = np.asarray(url_ids(args.rows, rng), object)
-  lengths = np.fromiter(map(len, ids), int, len(ids))
-  problems = np.where(rng.random(args.rows) < 0.01, "malformed_json", None)
-  density = (rng.lognormal(0, 1, args.rows) + 0.01).astype(np.float32)
-  quality = rng.random(args.rows).astype(np.float32)
-  order = rng.permutation(args.rows)
-  paths = {
-    "d": write_scores(
-      os.path.join(work, "density"),
-      "density",
-      "density",
-      ids,
-      density,
-      problems,
-    ),  # fmt: skip
-    "q": write_scores(
-      os.path.join(work, "askllm"),
-      "score",
-      "p_yes",
-      ids[order],
-      quality[order],
-      problems[order],
-    ),  # fmt: skip
-  }
+  sizes = sorted({min(args.base_rows, args.rows), args.rows})
   print(
-    f"{args.rows} rows, id lengths: median {int(np.median(lengths))}, "
-    f"mean {lengths.mean():.0f}, max {lengths.max()} characters; "
-    f"rate {args.rate}"
+    f"parts {','.join(args.parts)}; select rate {args.rate}; embeddings "
+    f"{args.dim}-d float16 (sketch and k-means time grows with d: measured "
+    f"at d={args.dim}, not 768); sketch {args.sketch_rows} x "
+    f"{args.sketch_buckets}; k-means k={args.clusters}"
   )
-  result = {"rows": args.rows}
-  peaks = []
-  for sampler, needs in SAMPLERS.items():
-    inputs = [paths[n] for n in needs]
-    out = os.path.join(work, f"sel-{sampler}-{len(os.listdir(work))}")
-    new = child("new", inputs, sampler, out, args.rate)
-    if new["error"]:
-      raise SystemExit(f"{sampler}: {new['error']}")
-    peaks.append(new["peak"])
-    speed = args.rows / new["seconds"]
+  by_size, widest = {}, 0
+  for rows in sizes:
+    directory = os.path.join(work, str(rows))
+    paths, longest = synthesise(rows, directory, args)
+    widest = max(widest, longest)
+    by_size[rows] = measure(rows, paths, directory, args)
+    if not args.keep:
+      shutil.rmtree(directory)
+  rows, measured = sizes[-1], by_size[sizes[-1]]
+  result = {"rows": rows, "dim": args.dim}
+  for name, value in by_size[sizes[0]].items():
+    if name.endswith("_memory_ratio"):  # In-memory / streaming select.
+      result[name] = value
+  for name, value in measured.items():
+    if name.endswith("_memory_ratio"):
+      continue
+    seconds, peak = value
+    result[f"{name}_rows_per_s"] = round(rows / seconds)
+    result[f"{name}_peak_mib"] = round(peak / 2**20)
     line = (
-      f"{sampler:16s} streaming: {speed:9.0f} rows/s, "
-      f"peak {new['peak'] / 2**20:7.0f} MiB"
+      f"PROJECTION (from the per-row cost measured at {rows} rows, not "
+      f"measured) for C4, {C4_ROWS:.3g} rows on one such host: {name} "
+      f"{C4_ROWS * seconds / rows / 3600:.1f} h"
     )
-    result[f"{sampler}_rows_per_s"] = round(speed)
-    result[f"{sampler}_peak_mib"] = round(new["peak"] / 2**20)
-    if args.rows <= 1_000_000:
-      limit = int(args.old_limit_gib * 2**30)
-      old = child(
-        "old", inputs, sampler, out, args.rate, limit, args.old_timeout
-      )
-      if old["error"]:
-        line += (
-          f" | in-memory: failed ({old['error'].strip().splitlines()[-1]}) "
-          f"under a {args.old_limit_gib:g} GiB address-space limit"
-        )
-        result[f"{sampler}_memory_ratio"] = f">{limit / new['peak']:.1f}"
-      else:
-        line += (
-          f" | in-memory: {args.rows / old['seconds']:9.0f} rows/s, peak "
-          f"{old['peak'] / 2**20:7.0f} MiB, "
-          f"ratio {old['peak'] / new['peak']:.1f}x"
-        )
-        result[f"{sampler}_memory_ratio"] = round(old["peak"] / new["peak"], 1)
-    print(line, flush=True)
-  slowest = min(v for k, v in result.items() if k.endswith("_rows_per_s"))
-  widest = 4 * lengths.max() * C4_ROWS
-  print(
-    f"PROJECTION (not measured) for C4, {C4_ROWS:.3g} rows: streaming peak "
-    f"stays ~{max(peaks) / 2**20:.0f} MiB (it does not grow with rows), "
-    f"{C4_ROWS / slowest / 3600:.1f} h for the slowest sampler on one such "
-    f"core; the in-memory path's id array alone: {widest / 2**40:.0f} TiB "
-    f"({lengths.max()}-character ids)."
-  )
-  result["peak_mib_max"] = round(max(peaks) / 2**20)
+    if len(sizes) > 1:
+      growth = peak / by_size[sizes[0]][name][1]
+      result[f"{name}_peak_growth"] = round(growth, 2)
+      line += f"; peak memory at {rows} / at {sizes[0]} rows = {growth:.2f}x"
+    print(line + f", peak ~{peak / 2**20:.0f} MiB if it stays flat.")
+  if "select" in args.parts:
+    print(
+      f"PROJECTION (not measured): the in-memory select's id array alone "
+      f"at C4: {4 * widest * C4_ROWS / 2**40:.0f} TiB ({widest}-character "
+      "ids)."
+    )
   if not args.keep:
     shutil.rmtree(work)
   print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
