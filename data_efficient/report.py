@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from data_efficient.io import records
+from data_efficient.io import paths, records
 from data_efficient.io import scores as scores_lib
 from data_efficient.stages import configs
 
@@ -671,6 +671,6 @@ def report(config: configs.ReportConfig) -> Report:
     limit=config.limit,
     notes=config.notes,
   )
-  with open(config.output, "w", encoding="utf-8") as f:
-    f.write(render(page, manifests))
+  with paths.atomic_write(config.output) as f:
+    f.write(render(page, manifests).encode("utf-8"))
   return page
