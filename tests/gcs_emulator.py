@@ -92,10 +92,13 @@ class Emulator:
 
 
 def apply_environment(environment: dict[str, str]) -> None:
-  """Sets `environment` here, including fsspec's already-read config."""
+  """Sets `environment` here, including what fsspec and etils have already
+  read of it (fsspec's config, etils' cached choice of backend)."""
   os.environ.update(environment)
   import fsspec.config
+  from etils.epath import gpath
 
+  gpath._is_tf_installed.cache_clear()
   fsspec.config.conf.setdefault("gs", {})["token"] = environment[
     "FSSPEC_GS_TOKEN"
   ]
