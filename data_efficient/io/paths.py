@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
@@ -48,40 +47,32 @@ def filesystem(path: str | os.PathLike[str]) -> Any:
   return _filesystem(path) if is_remote(path) else None
 
 
+def _either(path: str | os.PathLike[str], method: str, local: Any) -> Any:
+  """fsspec's `method` of a URL `path`, else `local(path)`."""
+  path = os.fspath(path)
+  if is_remote(path):
+    return getattr(_filesystem(path), method)(path)
+  return local(path)
+
+
 def exists(path: str | os.PathLike[str]) -> bool:
   """Whether a file or directory `path` exists."""
-  path = os.fspath(path)
-  return (
-    _filesystem(path).exists(path)
-    if is_remote(path)
-    else (os.path.exists(path))
-  )
+  return _either(path, "exists", os.path.exists)
 
 
 def isdir(path: str | os.PathLike[str]) -> bool:
   """Whether `path` is a directory (remote: a prefix of some objects)."""
-  path = os.fspath(path)
-  return (
-    _filesystem(path).isdir(path) if is_remote(path) else (os.path.isdir(path))
-  )
+  return _either(path, "isdir", os.path.isdir)
 
 
 def isfile(path: str | os.PathLike[str]) -> bool:
   """Whether `path` is a file (an object)."""
-  path = os.fspath(path)
-  return (
-    _filesystem(path).isfile(path)
-    if is_remote(path)
-    else (os.path.isfile(path))
-  )
+  return _either(path, "isfile", os.path.isfile)
 
 
 def size(path: str | os.PathLike[str]) -> int:
   """The size of file `path` in bytes."""
-  path = os.fspath(path)
-  return (
-    _filesystem(path).size(path) if is_remote(path) else (os.path.getsize(path))
-  )
+  return _either(path, "size", os.path.getsize)
 
 
 def listdir(directory: str | os.PathLike[str]) -> list[str]:
@@ -201,17 +192,3 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
   """Writes `data` to `path` atomically (`atomic_write`)."""
   with atomic_write(path) as f:
     f.write(data)
-
-
-def copy_to_local(path: str, directory: str) -> str:
-  """A local copy of file `path` in `directory` (`path` itself if local).
-
-  For readers that need a real file (memory maps, libraries that take a file
-  name).
-  """
-  if not is_remote(path):
-    return path
-  local = os.path.join(directory, posixpath.basename(path))
-  with open_file(path) as src, open(local, "wb") as dst:
-    shutil.copyfileobj(src, dst, 1 << 20)
-  return local

@@ -59,7 +59,7 @@ def _write(out, rows, *, close=True):
       {
         "id": [f"r{i}" for i in range(lo, lo + 2)],
         "score": np.arange(lo, lo + 2, dtype=np.float32),
-      }  # fmt: skip
+      }
     )
   if close:
     writer.close()
