@@ -25,6 +25,8 @@ INSTALL_REQUIRES = [
   "tqdm>=4.60",
   "tokenizers>=0.22",  # WordPiece for the BERT sentence embedder
   "zstandard>=0.22",  # .jsonl.zst corpora (Dolma, DCLM, RedPajama)
+  # gs:// for every path (`io/paths.py`); gcsfs pins its matching fsspec.
+  "gcsfs>=2025.1",
 ]
 
 _BEAM = ["apache-beam[tfrecord]==2.77.0"]
@@ -41,6 +43,8 @@ EXTRAS_REQUIRE = {
     "gensim==4.4.0",
     # Writes the `save_to_disk` fixtures; the reader needs only pyarrow.
     "datasets>=3",
+    # A local Cloud Storage server for the gs:// tests (started by them).
+    "gcp-storage-emulator>=2024.8",
     *_BEAM,
   ],
   # On a Cloud TPU VM: `pip install .[tpu]` swaps in the TPU runtime.

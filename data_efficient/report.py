@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_efficient.io import records, results
+from data_efficient.io import paths, records, results
 from data_efficient.io import scores as scores_lib
 from data_efficient.stages import configs, sampling
 
@@ -807,6 +807,6 @@ def report(config: configs.ReportConfig) -> Report:
     sample_rows=config.sample_rows,
     seed=config.seed,
   )
-  with open(config.output, "w", encoding="utf-8") as f:
-    f.write(render(page, manifests))
+  with paths.atomic_write(config.output) as f:
+    f.write(render(page, manifests).encode("utf-8"))
   return page

@@ -34,3 +34,27 @@ def vocab_path(tmp_path_factory) -> str:
   path = tmp_path_factory.mktemp("vocab") / "spm.model"
   texts = [askllm.build_prompt(t) for t in synthetic_texts(300)]
   return tokenizer.train_vocab(texts, str(path), vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """A Cloud Storage emulator on 127.0.0.1 for the session (`gcs_emulator`),
+  with this process's environment pointing gs:// at it."""
+  import gcs_emulator
+
+  emulator = gcs_emulator.Emulator()
+  saved = dict(os.environ)
+  gcs_emulator.apply_environment(emulator.environment())
+  yield emulator
+  os.environ.clear()
+  os.environ.update(saved)
+  emulator.stop()
+
+
+@pytest.fixture
+def gcs_dir(gcs_emulator, request):
+  """A fresh gs:// directory on the emulator, named after the test."""
+  import gcs_emulator as module
+
+  name = "".join(c if c.isalnum() else "_" for c in request.node.name)
+  return f"gs://{module.BUCKET}/{name}"

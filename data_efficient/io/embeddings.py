@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from data_efficient.io import results
+from data_efficient.io import paths, results
 
 EMBEDDING_COLUMN = "embedding"
 
@@ -38,7 +38,7 @@ def iter_embeddings(
     ValueError: on a matrix that is not 2-D float, or mixed widths.
   """
   if path.endswith(".npy"):
-    matrix = np.load(path, mmap_mode="r")
+    matrix = _load_npy(path)
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
       raise ValueError(
         f"{path}: expected a 2-D float matrix [N, d], got "
@@ -65,6 +65,14 @@ def iter_embeddings(
     yield batch.column(0).to_pylist(), batch.column(1).to_pylist(), vectors
 
 
+def _load_npy(path: str) -> np.ndarray:
+  """A `.npy` matrix: memory-mapped if local, read whole if remote."""
+  if not paths.is_remote(path):
+    return np.load(path, mmap_mode="r")
+  with paths.open_file(path) as f:
+    return np.load(f, allow_pickle=False)
+
+
 def read_embeddings(path: str) -> tuple[list[str], np.ndarray]:
   """All (ids, float32 [N, dim]) of an embed directory or `.npy` file."""
   ids, parts = [], []
@@ -79,5 +87,5 @@ def read_embeddings(path: str) -> tuple[list[str], np.ndarray]:
 def num_rows(path: str) -> int:
   """Rows of an embed directory (its manifest) or `.npy` matrix."""
   if path.endswith(".npy"):
-    return int(np.load(path, mmap_mode="r").shape[0])
+    return int(_load_npy(path).shape[0])
   return int(results.read_manifest(path)["num_rows"])

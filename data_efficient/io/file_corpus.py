@@ -1,4 +1,4 @@
-"""Corpora of files: local paths, or gs:// via tf.io.gfile.
+"""Corpora of files: local paths, or gs:// URLs (`paths`).
 
 `FileCorpus` holds what every file corpus shares (finding the files, dealing
 them to processes, provenance); `LinesCorpus` reads JSON Lines and plain
@@ -15,7 +15,6 @@ directory holding a single file (so a single file's ids use its basename).
 from __future__ import annotations
 
 import contextlib
-import glob
 import gzip
 import io
 import json
@@ -27,8 +26,8 @@ from typing import Any, BinaryIO
 
 import zstandard
 
+from data_efficient.io import paths, zstd
 from data_efficient.io import records as records_lib
-from data_efficient.io import zstd
 from data_efficient.io.records import InputError, Record
 
 JSONL_SUFFIXES = (
@@ -54,37 +53,8 @@ _READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)
 _LINES_PER_TELL = 1024
 
 
-def is_remote(path: str) -> bool:
-  """Whether `path` is a URL (gs://, file://) read through tf.io.gfile."""
-  return "://" in path
-
-
-def gfile():
-  """`tf.io.gfile`, imported on first use."""
-  import tensorflow as tf  # Lazy: ~8 s to import, needed for gs:// only.
-
-  return tf.io.gfile
-
-
 def _is_supported(path: str) -> bool:
   return path.endswith(SUFFIXES)
-
-
-def _list_tree(root: str) -> list[str]:
-  """Every file under directory `root`, as paths relative to it."""
-  if is_remote(root):
-    found = []
-    for dirpath, _, filenames in gfile().walk(root):
-      rel_dir = dirpath[len(root) :].strip("/")
-      found += [posixpath.join(rel_dir, f) for f in filenames]
-    return found
-  found = []
-  for dirpath, _, filenames in os.walk(root):
-    rel_dir = os.path.relpath(dirpath, root)
-    for f in filenames:
-      rel = f if rel_dir == "." else os.path.join(rel_dir, f)
-      found.append(rel.replace(os.sep, "/"))
-  return found
 
 
 def resolve_files(spec: str) -> tuple[str, list[str]]:
@@ -100,26 +70,24 @@ def resolve_files(spec: str) -> tuple[str, list[str]]:
   Raises:
     InputError: if nothing supported is found.
   """
-  remote = is_remote(spec)
-  exists = gfile().exists if remote else os.path.exists
-  isdir = gfile().isdir if remote else os.path.isdir
+  remote = paths.is_remote(spec)
   formats = ", ".join(SUFFIXES)
   if any(c in spec for c in _GLOB_CHARS):
     prefix = spec[: min(spec.find(c) for c in _GLOB_CHARS if c in spec)]
     root = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-    matches = gfile().glob(spec) if remote else glob.glob(spec, recursive=True)
+    matches = paths.glob(spec)
     rels = [m[len(root) + 1 :] if root else m for m in matches]
     # (Object stores have no directories: skip one request per file there.)
     rels = [
       r
       for r in rels
-      if _is_supported(r) and (remote or not isdir(join(root, r)))
+      if _is_supported(r) and (remote or not paths.isdir(join(root, r)))
     ]
     root = root or "."
-  elif isdir(spec):
+  elif paths.isdir(spec):
     root = spec.rstrip("/") or "/"
-    rels = [r for r in _list_tree(root) if _is_supported(r)]
-  elif exists(spec):
+    rels = [r for r in paths.walk_files(root) if _is_supported(r)]
+  elif paths.exists(spec):
     if not _is_supported(spec):
       raise InputError(
         f"{spec}: unsupported file type; use one of {formats} (JSON Lines, "
@@ -155,10 +123,7 @@ def open_binary(path: str) -> Iterator[BinaryIO]:
 def _open_stored(path: str) -> Iterator[tuple[BinaryIO, BinaryIO]]:
   """(the decompressed stream, the stored file under it) of `path`."""
   with contextlib.ExitStack() as stack:
-    if is_remote(path):
-      stored = stack.enter_context(gfile().GFile(path, "rb"))
-    else:
-      stored = stack.enter_context(open(path, "rb", buffering=1 << 20))
+    stored = stack.enter_context(paths.open_file(path))
     f = stored
     if path.endswith(".gz"):
       f = stack.enter_context(gzip.GzipFile(fileobj=stored, mode="rb"))
@@ -227,18 +192,17 @@ class FileCorpus(records_lib.Corpus):
 
   def _file_size(self, rel: str) -> int:
     """Bytes of corpus file `rel`, as stored."""
-    path = join(self._root, rel)
-    return (
-      gfile().stat(path).length if is_remote(path) else os.path.getsize(path)
-    )
+    return paths.size(join(self._root, rel))
 
   def describe(self) -> dict[str, Any]:
     """Provenance: root, files (relative, sorted) with sizes, and settings."""
-    remote = is_remote(self._root)
+    root = self._root
+    if not paths.is_remote(root):
+      root = os.path.abspath(root)
     return {
       "kind": self._kind(),
       "spec": self._spec,
-      "root": self._root if remote else os.path.abspath(self._root),
+      "root": root,
       "files": list(self._files),
       "file_sizes": [self._file_size(f) for f in self._files],
       "share": self._share,

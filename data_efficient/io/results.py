@@ -7,16 +7,16 @@ An output directory holds:
   done-PPPPP-of-NNNNN.json             process P has finished (rows, shards)
   manifest.json                        provenance and shard list, written last
 
-Every file appears atomically (temp file, fsync, rename), so after a crash
-the directory holds only whole files. A shard is cut only at the end of a
+Every file appears atomically (`paths.atomic_write`: locally a temp file,
+fsync and rename; on gs:// one upload), so after a crash the directory holds
+only whole files. A shard is cut only at the end of a
 `write()` call, once at least `rows_per_shard` rows are buffered: it holds
 every buffered row, so shards end at write boundaries and depend only on the
 sequence of writes. Shards are written with fixed settings, so a run that was
 killed and resumed (skipping `rows_done` records, then repeating the same
 writes) writes the same bytes as one that was not.
 
-Output directories are local paths; on Cloud TPU VMs, mount a bucket with
-gcsfuse (renames are then copies, still whole-file).
+Output directories are local paths or gs:// URLs (`paths`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import posixpath
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -31,6 +32,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from data_efficient.io import paths
 
 MANIFEST = "manifest.json"
 RUN_CONFIG = "run_config.json"
@@ -78,37 +81,15 @@ def _done_name(process_index: int, process_count: int) -> str:
   return f"done-{process_index:05d}-of-{process_count:05d}.json"
 
 
-def _fsync_dir(path: str) -> None:
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-
-
-def _commit(tmp: str, path: str) -> None:
-  """fsyncs `tmp` and renames it to `path` atomically."""
-  fd = os.open(tmp, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-  os.replace(tmp, path)
-  _fsync_dir(os.path.dirname(path) or ".")
-
-
 def _write_json(path: str, obj: Any, tmp_suffix: str = _TMP) -> None:
-  tmp = path + tmp_suffix
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  _commit(tmp, path)
+  text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+  with paths.atomic_write(path, tmp_suffix) as f:
+    f.write(text.encode("utf-8"))
 
 
 def _read_json(path: str, what: str, fix: str) -> Any:
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(paths.read_bytes(path))
   except FileNotFoundError as e:
     raise OutputError(f"{path}: missing {what}; {fix}") from e
   except (ValueError, UnicodeDecodeError) as e:
@@ -123,7 +104,7 @@ def write_json(output_dir: str | os.PathLike[str], name: str, obj: Any) -> None:
     name: File name; give each process its own (e.g. with its index).
     obj: JSON-serializable value.
   """
-  path = os.path.join(os.fspath(output_dir), name)
+  path = paths.join(os.fspath(output_dir), name)
   _write_json(path, _jsonable(obj, name))
 
 
@@ -133,7 +114,7 @@ def read_json(output_dir: str | os.PathLike[str], name: str) -> Any:
   Raises:
     OutputError: naming the file, if it is missing or corrupted.
   """
-  path = os.path.join(os.fspath(output_dir), name)
+  path = paths.join(os.fspath(output_dir), name)
   return _read_json(path, "file", "rerun the same command to rewrite it.")
 
 
@@ -225,7 +206,7 @@ class ResultWriter:
     """Opens (creating or resuming) `output_dir` for this process.
 
     Args:
-      output_dir: Local directory; created if missing.
+      output_dir: Local directory (created if missing) or gs:// URL.
       schema: Schema of every row.
       process_index: This process, in `[0, process_count)`.
       process_count: Number of processes writing to `output_dir`.
@@ -257,11 +238,11 @@ class ResultWriter:
     self._remove_temp_files()
     self._shard_rows = self._existing_shards()
     self.rows_done = sum(self._shard_rows)
-    done_path = os.path.join(
+    done_path = paths.join(
       self.output_dir, _done_name(process_index, process_count)
     )
     # A short last shard is written only by `close()`: the process finished.
-    self._finished = os.path.exists(done_path) or (
+    self._finished = paths.exists(done_path) or (
       bool(self._shard_rows) and self._shard_rows[-1] < rows_per_shard
     )
     self._buffer: list[pa.Table] = []
@@ -270,17 +251,11 @@ class ResultWriter:
 
   def _make_dir(self) -> None:
     where = self.output_dir
-    if "://" in where:
-      raise OutputError(
-        f"{where}: output must be a local directory; write locally (or to "
-        "a bucket mounted with gcsfuse) and copy the finished directory."
-      )
     try:
-      os.makedirs(where, exist_ok=True)
-      probe = os.path.join(where, f".write-test-{self.process_index}")
-      with open(probe, "wb"):
-        pass
-      os.remove(probe)
+      paths.makedirs(where)
+      probe = paths.join(where, f".write-test-{self.process_index}")
+      paths.write_bytes(probe, b"")
+      paths.remove(probe)
     except OSError as e:
       raise OutputError(
         f"{where}: cannot write to the output directory ({e.strerror or e}); "
@@ -300,8 +275,8 @@ class ResultWriter:
       },
       "run_config",
     )
-    path = os.path.join(self.output_dir, RUN_CONFIG)
-    if not os.path.exists(path):
+    path = paths.join(self.output_dir, RUN_CONFIG)
+    if not paths.exists(path):
       # Every process may get here at once: each writes the same content
       # through its own temp file.
       _write_json(path, config, f"{_TMP}-{self.process_index}")
@@ -327,21 +302,21 @@ class ResultWriter:
       f"done-{self.process_index:05d}",
       f"{RUN_CONFIG}{_TMP}-{self.process_index}",
     ) + ((MANIFEST,) if self.process_index == 0 else ())
-    for name in os.listdir(self.output_dir):
+    for name in paths.listdir(self.output_dir):
       if _TMP in name and name.startswith(ours):
-        os.remove(os.path.join(self.output_dir, name))
+        paths.remove(paths.join(self.output_dir, name))
 
   def _existing_shards(self) -> list[int]:
     """Row counts of this process's shards on disk, checked for gaps."""
     found: dict[int, str] = {}
-    for name in os.listdir(self.output_dir):
+    for name in paths.listdir(self.output_dir):
       match = _SHARD.fullmatch(name)
       if not match:
         continue
       process, count, shard = map(int, match.groups())
       if count != self.process_count:
         raise OutputError(
-          f"{os.path.join(self.output_dir, name)}: written by a run with "
+          f"{paths.join(self.output_dir, name)}: written by a run with "
           f"{count} processes, this one has {self.process_count}; use a "
           "new output directory, or the old process count."
         )
@@ -356,9 +331,11 @@ class ResultWriter:
           f"part-{self.process_index:05d}-of-{self.process_count:05d}-* "
           "to recompute this process's share."
         )
-      path = os.path.join(self.output_dir, found[shard])
+      path = paths.join(self.output_dir, found[shard])
       try:
-        num_rows = pq.read_metadata(path).num_rows
+        num_rows = pq.read_metadata(
+          path, filesystem=paths.filesystem(path)
+        ).num_rows
       except (OSError, pa.ArrowException) as e:
         raise OutputError(
           f"{path}: unreadable shard ({e}); delete it and this process's "
@@ -431,11 +408,10 @@ class ResultWriter:
   def _write_shard(self, table: pa.Table) -> None:
     shard = len(self._shard_rows)
     name = shard_name(self.process_index, self.process_count, shard)
-    path = os.path.join(self.output_dir, name)
-    tmp = path + _TMP
+    path = paths.join(self.output_dir, name)
     # One chunk per column, so the bytes do not depend on how rows arrived.
-    pq.write_table(table.combine_chunks(), tmp, **_PARQUET_OPTIONS)
-    _commit(tmp, path)
+    with paths.atomic_write(path, _TMP) as f:
+      pq.write_table(table.combine_chunks(), f, **_PARQUET_OPTIONS)
     self._shard_rows.append(table.num_rows)
 
   def close(self) -> int:
@@ -462,7 +438,7 @@ class ResultWriter:
       for s in range(len(self._shard_rows))
     ]
     _write_json(
-      os.path.join(
+      paths.join(
         self.output_dir,
         _done_name(self.process_index, self.process_count),
       ),
@@ -500,8 +476,8 @@ def write_manifest(
     OutputError: if a process has not finished or its shards are missing.
   """
   output_dir = os.fspath(output_dir)
-  config_path = os.path.join(output_dir, RUN_CONFIG)
-  if not os.path.exists(config_path):
+  config_path = paths.join(output_dir, RUN_CONFIG)
+  if not paths.exists(config_path):
     raise OutputError(
       f"{output_dir}: no {RUN_CONFIG}; write results with ResultWriter "
       "before the manifest."
@@ -512,19 +488,19 @@ def write_manifest(
   process_count = config["writer"]["process_count"]
   shards = []
   for process in range(process_count):
-    done_path = os.path.join(output_dir, _done_name(process, process_count))
-    if not os.path.exists(done_path):
+    done_path = paths.join(output_dir, _done_name(process, process_count))
+    if not paths.exists(done_path):
       raise OutputError(
         f"{output_dir}: process {process} of {process_count} has not "
-        f"finished (no {os.path.basename(done_path)}); wait for it, or "
+        f"finished (no {posixpath.basename(done_path)}); wait for it, or "
         "rerun the same command to resume it."
       )
     done = _read_json(done_path, "process record", "rerun the same command.")
     for shard in done["shards"]:
-      if not os.path.exists(os.path.join(output_dir, shard["file"])):
+      if not paths.exists(paths.join(output_dir, shard["file"])):
         raise OutputError(
           f"{output_dir}: shard {shard['file']} is missing; delete "
-          f"{os.path.basename(done_path)} and rerun the same command."
+          f"{posixpath.basename(done_path)} and rerun the same command."
         )
     shards += done["shards"]
   written = dict(_jsonable(dict(manifest), "manifest"))
@@ -534,7 +510,7 @@ def write_manifest(
     shards=shards,
     problems=_problem_counts(output_dir, shards),
   )
-  _write_json(os.path.join(output_dir, MANIFEST), written)
+  _write_json(paths.join(output_dir, MANIFEST), written)
   return written
 
 
@@ -544,7 +520,8 @@ def _problem_counts(
   """Rows per problem category over all shards (a row may have several)."""
   counts: collections.Counter[str] = collections.Counter()
   for shard in shards:
-    parquet = pq.ParquetFile(os.path.join(output_dir, shard["file"]))
+    path = paths.join(output_dir, shard["file"])
+    parquet = pq.ParquetFile(path, filesystem=paths.filesystem(path))
     if PROBLEM_COLUMN not in parquet.schema_arrow.names:
       continue
     for value in parquet.read(columns=[PROBLEM_COLUMN]).column(0).to_pylist():
@@ -560,10 +537,10 @@ def read_manifest(output_dir: str | os.PathLike[str]) -> dict[str, Any]:
       run) or the manifest is corrupted.
   """
   output_dir = os.fspath(output_dir)
-  path = os.path.join(output_dir, MANIFEST)
-  if not os.path.isdir(output_dir):
+  path = paths.join(output_dir, MANIFEST)
+  if not paths.isdir(output_dir):
     raise OutputError(f"{output_dir}: no such results directory.")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise OutputError(
       f"{output_dir}: no {MANIFEST}, so the run that writes it is "
       "incomplete: rerun the same command to resume it."
@@ -602,9 +579,9 @@ def _shard_files(
 ) -> Iterator[tuple[pq.ParquetFile, str]]:
   """Opens the manifest's shards in order, checking their row counts."""
   for shard in manifest["shards"]:
-    path = os.path.join(output_dir, shard["file"])
+    path = paths.join(output_dir, shard["file"])
     try:
-      parquet = pq.ParquetFile(path)
+      parquet = pq.ParquetFile(path, filesystem=paths.filesystem(path))
     except (OSError, pa.ArrowException) as e:
       raise OutputError(
         f"{path}: listed in the manifest but unreadable ({e}); the "

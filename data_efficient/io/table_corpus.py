@@ -27,15 +27,13 @@ import dataclasses
 import functools
 import itertools
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyarrow import fs as pa_fs
 
-from data_efficient.io import file_corpus
+from data_efficient.io import file_corpus, paths
 from data_efficient.io import records as records_lib
 from data_efficient.io.records import InputError, Record
 
@@ -94,12 +92,10 @@ def block_ranges(group_sizes: list[int], block_size: int) -> list[range]:
 
 
 def _open_input(path: str, *, memory_map: bool) -> Any:
-  """A pyarrow input file: gs:// (and file://) through pyarrow's own
-  filesystems, which read ranges, not whole objects; local files by path or
-  memory-mapped."""
-  if file_corpus.is_remote(path):
-    filesystem, inner = pa_fs.FileSystem.from_uri(path)
-    return filesystem.open_input_file(inner)
+  """A pyarrow input file: a URL's file object (`paths`, read in ranges,
+  not whole objects); local files by path or memory-mapped."""
+  if paths.is_remote(path):
+    return paths.open_file(path)
   return pa.memory_map(path) if memory_map else path
 
 
@@ -389,11 +385,10 @@ def saved_dataset_files(spec: str) -> tuple[str, list[str]] | None:
     InputError: for a `DatasetDict` directory (name a split's directory) or
       an incomplete save.
   """
-  fs = file_corpus.gfile() if file_corpus.is_remote(spec) else os.path
-  if not fs.isdir(spec):
+  if not paths.isdir(spec):
     return None
   root = spec.rstrip("/") or "/"
-  exists = fs.exists
+  exists = paths.exists
   if exists(file_corpus.join(root, _DATASET_DICT)):
     splits = _read_json(file_corpus.join(root, _DATASET_DICT)).get("splits")
     raise InputError(

@@ -36,8 +36,7 @@ Every host also reads (and drops) the whole train split. For large
 selections, materialise the subset once (`data_efficient.pretraining.materialize`, an
 Apache Beam job) and pass `materialized_dir`: no table, no wasted reading.
 
-Selection directories are read with local file APIs: on a TPU VM, copy them
-or mount their bucket with gcsfuse. Materialised directories may be gs://.
+Selection directories and materialised directories may be local or gs://.
 """
 
 from __future__ import annotations

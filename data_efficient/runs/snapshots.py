@@ -30,7 +30,7 @@ from typing import Any
 
 import jax
 
-from data_efficient.io import results
+from data_efficient.io import paths, results
 from data_efficient.models.checkpoints import errors
 from data_efficient.models.checkpoints.errors import CheckpointError
 
@@ -63,14 +63,18 @@ class StateCheckpointer:
     """Opens (creating if needed) a checkpoint directory.
 
     Args:
-      directory: Local directory holding one subdirectory per step.
+      directory: Directory (local or gs://) holding one subdirectory per
+        step.
       config: JSON-able settings of the run; stored with every step and
         checked on restore. None checks nothing (to inspect a checkpoint
         written by another run).
       max_to_keep: Complete steps kept; older ones are deleted after a save.
     """
     ocp = errors.import_orbax()
-    self.directory = os.path.abspath(os.fspath(directory))
+    directory = os.fspath(directory)
+    self.directory = (
+      directory if paths.is_remote(directory) else os.path.abspath(directory)
+    )
     self.config = None
     if config is not None:
       self.config = results._jsonable(dict(config), "checkpoint config")
@@ -135,7 +139,7 @@ class StateCheckpointer:
         with other settings.
     """
     ocp = errors.import_orbax()
-    where = os.path.join(self.directory, str(step))
+    where = paths.join(self.directory, str(step))
     abstract = None
     if abstract_state is not None:
       abstract = jax.tree.map(_abstract, abstract_state)

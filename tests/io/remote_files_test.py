@@ -1,4 +1,4 @@
-"""Tests for reading through tf.io.gfile (the gs:// path), via file:// URLs."""
+"""Tests for reading URLs (the gs:// code path, `io.paths`), via file://."""
 
 import gzip
 import json
@@ -6,8 +6,6 @@ import json
 import pytest
 
 from data_efficient.io.corpus import open_corpus
-
-pytest.importorskip("tensorflow")
 
 
 @pytest.fixture

@@ -55,9 +55,6 @@ __all__ = [
 # sentence-transformers/sentence-t5-*, t5-*).
 VOCAB_FILE = "spiece.model"
 
-# Formats read through TensorStore/Orbax, which open gs:// themselves.
-_REMOTE_FORMATS = ("t5x_legacy", *formats.ORBAX_FORMATS)
-
 
 def load_params(
   path: str | os.PathLike,
@@ -91,11 +88,6 @@ def load_params(
   """
   path = os.fspath(path)
   fmt = detect_format(path)
-  if paths.is_gcs(path) and fmt not in _REMOTE_FORMATS:
-    raise CheckpointError(
-      f"{path}: {fmt} checkpoints are read from local disk only; copy the "
-      "folder locally first."
-    )
   if fmt in formats.ORBAX_FORMATS:
     from data_efficient.models.checkpoints import orbax
 

@@ -31,6 +31,7 @@ import ml_dtypes
 import numpy as np
 from flax import serialization, traverse_util
 
+from data_efficient.io import paths as io_paths
 from data_efficient.models import bert, t5, wordpiece
 from data_efficient.models.checkpoints import assembly, formats, paths
 from data_efficient.models.checkpoints.errors import CheckpointError
@@ -249,8 +250,8 @@ _SAFETENSORS_DTYPES = {
 def _safetensors_index(file: str) -> dict[str, assembly.Stored]:
   """Tensors of one .safetensors file, validated against the file size."""
   try:
-    size = os.path.getsize(file)
-    with open(file, "rb") as f:
+    size = io_paths.size(file)
+    with io_paths.open_file(file) as f:
       header_len = int.from_bytes(f.read(8), "little")
       if not 0 < header_len <= size - 8:
         raise ValueError(f"header length {header_len} exceeds the file")
@@ -284,10 +285,15 @@ def _safetensors_index(file: str) -> dict[str, assembly.Stored]:
       )
 
     def read(begin=begin, dtype=dtype, count=count, shape=shape):
-      array = np.fromfile(
-        file, dtype=dtype, count=count, offset=data_start + begin
-      )
-      return array.reshape(shape)
+      if not io_paths.is_remote(file):
+        array = np.fromfile(
+          file, dtype=dtype, count=count, offset=data_start + begin
+        )
+        return array.reshape(shape)
+      with io_paths.open_file(file) as f:  # One ranged read per tensor.
+        f.seek(data_start + begin)
+        data = f.read(count * dtype.itemsize)
+      return np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
 
     stored[name] = assembly.Stored(file, shape, read)
   return stored
@@ -302,10 +308,10 @@ def _hf_safetensors_stored(
   `model.safetensors.index.json` (as transformers does).
   """
   single = paths.join(directory, "model.safetensors")
-  if os.path.isfile(single):
+  if io_paths.isfile(single):
     return _safetensors_index(single), single
   index_file = paths.join(directory, "model.safetensors.index.json")
-  if not os.path.isfile(index_file):
+  if not io_paths.isfile(index_file):
     formats.detect_format(directory)  # raises the right error (pickle, nothing)
     raise CheckpointError(f"{directory}: no model.safetensors found.")
   weight_map = paths.read_json(index_file).get("weight_map")
@@ -460,8 +466,8 @@ def _read_sentence_transformers(path: str, config: t5.T5Config, dtype) -> dict:
   modules = _sentence_transformer_modules(path)
   in_features, out_features = _dense_config(modules["Dense"])
   dense_file = paths.join(modules["Dense"], "model.safetensors")
-  if not os.path.isfile(dense_file):
-    if os.path.isfile(paths.join(modules["Dense"], "pytorch_model.bin")):
+  if not io_paths.isfile(dense_file):
+    if io_paths.isfile(paths.join(modules["Dense"], "pytorch_model.bin")):
       raise CheckpointError(
         f"{paths.join(modules['Dense'], 'pytorch_model.bin')} is a pickle, "
         "which is never unpickled here. Re-save the model as safetensors: "
@@ -506,7 +512,8 @@ _READERS = {
 
 
 def read_params(path: str, fmt: str, config: t5.T5Config, dtype: Any) -> dict:
-  """The T5 parameters of the `fmt` folder `path` (local), cast to `dtype`."""
+  """The T5 parameters of the `fmt` folder `path` (local or gs://), cast to
+  `dtype`."""
   return _READERS[fmt](path, config, dtype)
 
 

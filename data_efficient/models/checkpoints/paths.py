@@ -1,8 +1,8 @@
 """Checkpoint files, local or gs://: joining, existence, reading, writing.
 
-Local paths go through the standard library; gs:// paths through
-TensorStore's key-value stores (imported on use), which T5X's zarr arrays and
-Orbax read through as well.
+Single files (configs, msgpack, safetensors) go through `io.paths` like every
+other file; T5X's zarr arrays and Orbax read through TensorStore, whose
+key-value store spec `kvstore` gives.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import re
 from typing import Any
 
+from data_efficient.io import paths as io_paths
 from data_efficient.models.checkpoints.errors import CheckpointError
 
 _GCS = re.compile(r"^gs://([^/]+)/?(.*)$", re.DOTALL)
@@ -35,39 +36,18 @@ def kvstore(path: str) -> dict[str, Any]:
   return {"driver": "file", "path": os.path.abspath(path)}
 
 
-def _gcs_store(path: str):
-  """(TensorStore KvStore of the bucket, key of `path` in it)."""
-  import tensorstore as ts
-
-  spec = kvstore(path)
-  key = spec.pop("path")
-  return ts.KvStore.open(spec).result(), key
-
-
 def exists(path: str) -> bool:
   """Whether the file `path` exists."""
-  if not is_gcs(path):
-    return os.path.isfile(path)
-  store, key = _gcs_store(path)
-  return store.read(key).result().state == "value"
+  return io_paths.isfile(path)
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
   """The contents of the file `path`.
 
   Raises:
-    FileNotFoundError: if a local `path` does not exist.
-    CheckpointError: if a gs:// `path` does not exist.
+    FileNotFoundError: if `path` does not exist.
   """
-  path = os.fspath(path)
-  if not is_gcs(path):
-    with open(path, "rb") as f:
-      return f.read()
-  store, key = _gcs_store(path)
-  result = store.read(key).result()
-  if result.state != "value":
-    raise CheckpointError(f"{path}: no such file.")
-  return bytes(result.value)
+  return io_paths.read_bytes(path)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -85,12 +65,5 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_bytes(file: str, data: bytes) -> None:
-  """Writes `file` atomically (local: rename; gs://: one object PUT)."""
-  if is_gcs(file):
-    store, key = _gcs_store(file)
-    store.write(key, data).result()
-    return
-  tmp = f"{file}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, file)
+  """Writes `file` atomically (local: rename; gs://: one upload)."""
+  io_paths.write_bytes(file, data)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -45,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_efficient import sharding
-from data_efficient.io import embeddings
+from data_efficient.io import embeddings, paths
 from data_efficient.io import scores as scores_lib
 from data_efficient.runs import driver
 from data_efficient.stages import configs
@@ -387,7 +386,7 @@ def cluster(config: configs.ClusterConfig) -> dict:
       eps=config.eps,
       batch_rows=config.batch_rows,
       group_rows=config.group_rows,
-      checkpoint_dir=os.path.join(config.output, KMEANS_CHECKPOINTS),
+      checkpoint_dir=paths.join(config.output, KMEANS_CHECKPOINTS),
       checkpoint_every=config.checkpoint_every,
       progress=config.progress,
     )

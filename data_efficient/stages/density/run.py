@@ -12,7 +12,6 @@ the sketch's pass 1 resumes from its last Orbax checkpoint of the counts
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-from data_efficient.io import embeddings
+from data_efficient.io import embeddings, paths
 from data_efficient.runs import driver
 from data_efficient.stages import configs
 from data_efficient.stages.density import exact, kernels, sketch
@@ -259,7 +258,7 @@ def density(config: configs.DensityConfig) -> dict:
   config = resolve_bandwidth(config.embeddings, config)
   checkpoint_dir = None
   if config.checkpoint_every > 0:
-    checkpoint_dir = os.path.join(config.output, SKETCH_CHECKPOINTS)
+    checkpoint_dir = paths.join(config.output, SKETCH_CHECKPOINTS)
 
   def write_rows(writer):
     for ids, problems, values in density_scores(
