@@ -143,7 +143,10 @@ class JoinedScores:
     self._dealt = True
 
   def _read(self, source: int, bucket: int) -> pa.Table:
-    """One input's rows of `bucket`, sorted by id; checked for repeats."""
+    """One input's rows of `bucket`, sorted by id (stable: the copies of a
+    repeated id keep their stream order, so the n-th copy in one input
+    joins the n-th in another, as a corpus with a repeated id (marked
+    `duplicate_id`) scores them)."""
     path = self._path(source, bucket)
     if os.path.exists(path):
       with pa.ipc.open_stream(path) as reader:
@@ -152,17 +155,7 @@ class JoinedScores:
       table = pa.table(
         {"id": pa.array([], pa.string()), "problem": pa.array([], pa.string())}
       ).append_column(self.sources[source].column, pa.array([], pa.float32()))
-    table = table.take(pc.sort_indices(table, [("id", "ascending")]))
-    ids = table.column(0)
-    if len(ids) > 1:
-      repeated = pc.equal(ids[1:], ids[:-1])
-      if pc.any(repeated).as_py():
-        name = ids[int(np.argmax(repeated.to_numpy(zero_copy_only=False)))]
-        raise ValueError(
-          f"{self.sources[source].path}: scores id {name.as_py()!r} more "
-          "than once; recompute it from a corpus with unique ids."
-        )
-    return table
+    return table.take(pc.sort_indices(table, [("id", "ascending")]))
 
   def _join(self, bucket: int) -> Rows:
     tables = [self._read(i, bucket) for i in range(len(self.sources))]
@@ -175,6 +168,12 @@ class JoinedScores:
         if not len(only):
           only = pc.filter(other, pc.invert(pc.is_in(other, value_set=ids)))
           where = where[::-1]
+        if not len(only):  # the same ids, repeated a different number of times
+          only = _first_difference(ids, other)
+          raise ValueError(
+            f"{source.path} and {base.path} score id {only!r} a different "
+            "number of times: they come from different corpora or runs."
+          )
         raise ValueError(
           f"{source.path} and {base.path} score different examples: id "
           f"{only[0].as_py()!r} is in {where[0]} but not in {where[1]}; "
@@ -188,3 +187,12 @@ class JoinedScores:
         for s, t in zip(self.sources, tables, strict=True)
       },
     )
+
+
+def _first_difference(a: pa.ChunkedArray, b: pa.ChunkedArray) -> str:
+  """The first id where two sorted id columns differ."""
+  a, b = a.to_pylist(), b.to_pylist()
+  for x, y in zip(a, b, strict=False):
+    if x != y:
+      return min(x, y)
+  return (a if len(a) > len(b) else b)[min(len(a), len(b))]

@@ -370,3 +370,24 @@ def test_a_corrupt_shard_is_named_and_nothing_is_complete(tmp_path):
   with pytest.raises(results.OutputError, match=shard):
     run_select(out, [path], "density-ips", rate=0.5)
   assert not os.path.exists(out / results.MANIFEST)
+
+
+def test_a_repeated_id_marked_duplicate_joins_copy_by_copy(tmp_path):
+  """A corpus read with on_error='mark' scores a repeated id twice (the
+  second copy marked duplicate_id); select joins its inputs copy by copy,
+  leaves the marked copy out, and agrees with the in-memory reference."""
+  ids = [*IDS, "d3"]
+  problems = [None] * 10 + ["duplicate_id"]
+  q = write_dir(tmp_path / "q", "score", "p_yes", ids, [*QUALITY, 0.99],
+                problems)  # fmt: skip
+  d = write_dir(tmp_path / "d", "density", "density", ids, [*DENSITY, 0.5],
+                problems, rows_per_shard=3)  # fmt: skip
+  for sampler in ("askllm-topk", "askllm-then-ips", "density-ips"):
+    got, manifest = run_select(tmp_path / sampler, [q, d], sampler, k=4)
+    inputs = [scores.read_scores(p) for p in (q, d)]
+    want, counts = choose_in_memory(sampler, inputs, k=4)
+    assert got == sorted(want) and manifest["counts"] == counts
+    assert manifest["counts"]["num_excluded"] == 1
+  other = write_dir(tmp_path / "o", "density", "density", IDS, DENSITY)
+  with pytest.raises(ValueError, match="'d3' a different number of times"):
+    run_select(tmp_path / "bad", [q, other], "askllm-then-ips", k=1)
