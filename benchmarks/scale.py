@@ -68,7 +68,6 @@ peak = int(status.split("VmHWM:")[1].split()[0]) * 1024
 print(json.dumps({"seconds": seconds, "peak": peak, "error": error}))
 """
 _SELECT = """
-from data_efficient.io import scores
 from data_efficient.stages import configs, select
 kind, paths, sampler, output, rate, limit = setting
 spec = importlib.util.spec_from_file_location(
@@ -83,7 +82,7 @@ try:
     select.select(configs.SelectConfig(
       scores=tuple(paths), sampler=sampler, rate=rate, output=output))
   else:
-    inputs = [scores.read_scores(p) for p in paths]
+    inputs = [reference.read_in_memory(p) for p in paths]
     reference.choose_in_memory(sampler, inputs, rate=rate)
   error = None
 except MemoryError:

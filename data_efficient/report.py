@@ -110,7 +110,7 @@ def _cut(text: str, limit: int) -> str:
   )
 
 
-def score_name(scores: scores_lib.Scores | scores_lib.ScoreSource) -> str:
+def score_name(scores: scores_lib.ScoreSource) -> str:
   """A heading for a score directory: its stage, score and settings."""
   manifest = scores.manifest
   config = manifest.get("run_config", {})

@@ -256,10 +256,9 @@ def test_each_score_is_labelled_by_its_stage(hostile_report):
 
 
 def _scores(kind, column, run_config, **manifest):
-  return scores_lib.Scores(
-    kind, "dir", column, np.asarray([]), np.asarray([]), np.asarray([]),
-    {"run_config": run_config, **manifest},
-  )  # fmt: skip
+  return scores_lib.ScoreSource(
+    kind, "dir", column, {"run_config": run_config, **manifest}
+  )
 
 
 @pytest.mark.parametrize(

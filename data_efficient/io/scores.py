@@ -2,8 +2,9 @@
 
 A score directory is a results directory (`results`) written by `score`,
 `density`, `cluster` or `perplexity`; its manifest's `stage` says which kind
-of score it holds and which column is the score. Select and the report read
-them through `open_scores` (streamed) or `read_scores` (whole).
+of score it holds and which column is the score. Select and the report
+stream them through `open_scores`; nothing reads a whole directory into
+memory.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-import numpy as np
 import pyarrow as pa
 
 from data_efficient.io import results
@@ -32,19 +32,6 @@ PRODUCERS = {
   ),
   PERPLEXITY: ("mean_nll", "data-efficient perplexity"),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Scores:
-  """One score per id, from one stage's output directory."""
-
-  kind: str  # QUALITY, DENSITY, SEMDEDUP, PROTOTYPES or PERPLEXITY
-  path: str
-  column: str
-  ids: np.ndarray  # [n] str
-  values: np.ndarray  # [n] float64
-  problems: np.ndarray  # [n] str ('' = none)
-  manifest: dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,25 +77,3 @@ def open_scores(path: str, column: str | None = None) -> ScoreSource:
       "`perplexity`."
     )
   return ScoreSource(kind=kind, path=path, column=column, manifest=manifest)
-
-
-def read_scores(path: str, column: str | None = None) -> Scores:
-  """Reads a score directory (`open_scores`) whole into memory.
-
-  Raises:
-    ValueError: if the directory holds no scores, or has no such column.
-  """
-  source = open_scores(path, column)
-  table = results.read_results(path, columns=["id", "problem", source.column])
-  problems = table.column("problem").to_pylist()
-  return Scores(
-    kind=source.kind,
-    path=path,
-    column=source.column,
-    ids=np.asarray(table.column("id").to_pylist(), dtype=object),
-    values=table.column(source.column)
-    .to_numpy(zero_copy_only=False)
-    .astype(np.float64),
-    problems=np.asarray([p or "" for p in problems], dtype=object),
-    manifest=source.manifest,
-  )

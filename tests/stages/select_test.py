@@ -1,5 +1,6 @@
 """Tests of `data-efficient select` over score and density directories."""
 
+import dataclasses
 import functools
 import os
 from collections.abc import Sequence
@@ -8,13 +9,44 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from data_efficient.io import records, results, score_join, scores, sorted_runs
+from data_efficient.io import records, results, score_join, sorted_runs
 from data_efficient.io import scores as scores_lib
 from data_efficient.stages import configs, ranking, sampling, select
 
 
+@dataclasses.dataclass(frozen=True)
+class InMemoryScores:
+  """One score per id of a whole score directory (the reference's input)."""
+
+  kind: str
+  path: str
+  column: str
+  ids: np.ndarray  # [n] str
+  values: np.ndarray  # [n] float64
+  problems: np.ndarray  # [n] str ('' = none)
+  manifest: dict
+
+
+def read_in_memory(path: str) -> InMemoryScores:
+  """A score directory read whole, as the in-memory selection did."""
+  source = scores_lib.open_scores(path)
+  table = results.read_results(path, columns=["id", "problem", source.column])
+  problems = table.column("problem").to_pylist()
+  return InMemoryScores(
+    kind=source.kind,
+    path=path,
+    column=source.column,
+    ids=np.asarray(table.column("id").to_pylist(), dtype=object),
+    values=table.column(source.column)
+    .to_numpy(zero_copy_only=False)
+    .astype(np.float64),
+    problems=np.asarray([p or "" for p in problems], dtype=object),
+    manifest=source.manifest,
+  )
+
+
 def _aligned(
-  inputs: Sequence[scores_lib.Scores],
+  inputs: Sequence[InMemoryScores],
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
   """(ids, kind -> values, problems), all in the order of sorted ids.
 
@@ -44,7 +76,7 @@ def _aligned(
 
 def choose_in_memory(
   sampler: str,
-  inputs: Sequence[scores_lib.Scores],
+  inputs: Sequence[InMemoryScores],
   *,
   rate: float | None = None,
   k: int | None = None,
@@ -329,7 +361,7 @@ def test_streaming_selection_equals_the_in_memory_one(
 ):
   paths = [score_dirs[kind] for kind in SAMPLER_INPUTS[sampler]]
   paths = paths[::-1] if reverse else paths
-  inputs = [scores.read_scores(p) for p in paths]
+  inputs = [read_in_memory(p) for p in paths]
   for i, size in enumerate([{"rate": 0.3}, {"k": 1}, {"k": 0}]):
     settings = dict(size, seed=3)
     if sampler == "askllm-then-ips":
@@ -384,7 +416,7 @@ def test_a_repeated_id_marked_duplicate_joins_copy_by_copy(tmp_path):
                 problems, rows_per_shard=3)  # fmt: skip
   for sampler in ("askllm-topk", "askllm-then-ips", "density-ips"):
     got, manifest = run_select(tmp_path / sampler, [q, d], sampler, k=4)
-    inputs = [scores.read_scores(p) for p in (q, d)]
+    inputs = [read_in_memory(p) for p in (q, d)]
     want, counts = choose_in_memory(sampler, inputs, k=4)
     assert got == sorted(want) and manifest["counts"] == counts
     assert manifest["counts"]["num_excluded"] == 1
