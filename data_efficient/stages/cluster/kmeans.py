@@ -94,10 +94,12 @@ def sample_rows(
     (ids [m], float32 vectors [m, d]), m = min(size, N).
   """
   keys = np.zeros((0,), np.float64)
-  ids = np.zeros((0,), str)
+  # Object arrays: a fixed-width one is as wide as its longest id (C4 urls
+  # reach thousands of characters), for every row.
+  ids = np.zeros((0,), object)
   vectors = None
   for batch_ids, _, x in embeddings.iter_embeddings(path, batch_rows):
-    batch_ids = np.asarray(batch_ids, str)
+    batch_ids = np.asarray(batch_ids, object)
     keys = np.concatenate([keys, sampling.id_uniforms(batch_ids, seed)])
     ids = np.concatenate([ids, batch_ids])
     vectors = x if vectors is None else np.concatenate([vectors, x])
