@@ -85,7 +85,7 @@ def schema(method: str):
 
 def semdedup_order(ids, distances) -> np.ndarray:
   """Permutation: farthest from the centroid first, ties by smaller id."""
-  return np.lexsort((np.asarray(ids, str), -np.asarray(distances)))
+  return np.lexsort((np.asarray(ids, object), -np.asarray(distances)))
 
 
 def _next_pow2(n: int) -> int:
@@ -208,7 +208,8 @@ def semdedup_similarities(
       parts.append(_unit(x[mine]))
       first += len(x)
     rows = np.concatenate(rows)
-    ids = np.asarray(ids, str)
+    # Object, not fixed-width: one long url would widen every id of the group.
+    ids = np.asarray(ids, object)
     vectors = np.concatenate(parts)
     member_clusters = clusters[rows]
     for c in group:
