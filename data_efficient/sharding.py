@@ -11,6 +11,7 @@ their rows over every device instead (`shard_rows`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import flax.linen as nn
@@ -199,6 +200,73 @@ def local_mesh(model_parallelism: int = 1) -> jax.sharding.Mesh:
   for Flan-T5-XXL in bfloat16).
   """
   return make_mesh(model_parallelism, jax.local_devices())
+
+
+def process_sum(tree):
+  """Element-wise sum over processes of every process's host arrays.
+
+  The reduction of a multi-process job's partial results (sketch counts,
+  centroid sums, key histograms): each process passes arrays of the same
+  shapes and dtypes and gets the sums back as NumPy arrays, on every
+  process. It runs as one jitted sum over a global mesh of every device
+  (one row per device: the process's value on its first device, zeros on
+  the others), so JAX's collectives move the data. Integer sums are exact,
+  whatever the process count; float sums depend on the summation order.
+  With one process the arrays come back unchanged (as NumPy).
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  leaves = [np.asarray(leaf) for leaf in leaves]
+  if jax.process_count() == 1:
+    return jax.tree.unflatten(treedef, leaves)
+  for leaf in leaves:
+    if leaf.dtype.itemsize > 4 and not jax.config.jax_enable_x64:
+      raise ValueError(
+        f"process_sum of {leaf.dtype}: JAX holds 32-bit values only "
+        "(jax_enable_x64 is off); pass int32 or float32 partial results."
+      )
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("devices",))
+  rows = jax.sharding.NamedSharding(mesh, jax.P("devices"))
+  summed = []
+  for leaf in leaves:
+    parts = [
+      jax.device_put((leaf if i == 0 else np.zeros_like(leaf))[None], device)
+      for i, device in enumerate(jax.local_devices())
+    ]
+    stacked = jax.make_array_from_single_device_arrays(
+      (jax.device_count(), *leaf.shape), rows, parts
+    )
+    total = _sum_over_devices(mesh)(stacked)
+    summed.append(np.asarray(total.addressable_data(0)))
+  return jax.tree.unflatten(treedef, summed)
+
+
+@functools.cache
+def _sum_over_devices(mesh: jax.sharding.Mesh):
+  return jax.jit(lambda x: jnp.sum(x, axis=0), out_shardings=replicated(mesh))
+
+
+def process_gather(x: np.ndarray) -> np.ndarray:
+  """Every process's rows of `x`, concatenated in process order.
+
+  Each process passes [n_p, ...] rows of one dtype and trailing shape; n_p
+  may differ. Every process gets the same [sum n_p, ...] array (NumPy).
+  Meant for small things (k-means' initial sample, boundary candidates), as
+  every process holds the whole result. One process: `x` unchanged.
+  """
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils
+
+  counts = process_sum(
+    np.eye(jax.process_count(), dtype=np.int32)[jax.process_index()] * len(x)
+  )
+  padded = np.zeros((int(counts.max()), *x.shape[1:]), x.dtype)
+  padded[: len(x)] = x
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  return np.concatenate(
+    [part[:n] for part, n in zip(gathered, counts, strict=True)]
+  )
 
 
 def barrier(name: str) -> None:

@@ -27,12 +27,15 @@ def schema(dim: int, storage_dtype: str = "float32"):
 
 
 def iter_embeddings(
-  path: str, batch_rows: int = 65_536
+  path: str, batch_rows: int = 65_536, rows: range | None = None
 ) -> Iterator[tuple[list[str], list[str | None], np.ndarray]]:
   """Streams (ids, problems, float32 [rows, dim]) from an embed directory.
 
   A plain `.npy` float matrix [N, d] made elsewhere is accepted too; its ids
   are the row numbers and it has no problems.
+
+  `rows` reads only those rows (a range of step 1, e.g. a process's
+  `share(path, ...)`).
 
   Raises:
     ValueError: on a matrix that is not 2-D float, or mixed widths.
@@ -44,8 +47,9 @@ def iter_embeddings(
         f"{path}: expected a 2-D float matrix [N, d], got "
         f"{matrix.dtype} {matrix.shape}."
       )
-    for start in range(0, len(matrix), batch_rows):
-      stop = min(len(matrix), start + batch_rows)
+    rows = range(len(matrix)) if rows is None else rows
+    for start in range(rows.start, rows.stop, batch_rows):
+      stop = min(rows.stop, len(matrix), start + batch_rows)
       ids = [str(i) for i in range(start, stop)]
       vectors = np.asarray(matrix[start:stop], np.float32)
       yield ids, [None] * len(ids), vectors
@@ -53,7 +57,7 @@ def iter_embeddings(
   width = None
   columns = ["id", "problem", EMBEDDING_COLUMN]
   for batch in results.iter_results(
-    path, columns=columns, batch_rows=batch_rows
+    path, columns=columns, batch_rows=batch_rows, rows=rows
   ):
     column = batch.column(2)
     dim = column.type.list_size
@@ -82,6 +86,11 @@ def read_embeddings(path: str) -> tuple[list[str], np.ndarray]:
   if not parts:
     raise ValueError(f"{path}: no embeddings.")
   return ids, np.concatenate(parts)
+
+
+def share(path: str, process_index: int, process_count: int) -> range:
+  """This process's rows of `path` (`results.share` of its row count)."""
+  return results.share(num_rows(path), process_index, process_count)
 
 
 def num_rows(path: str) -> int:

@@ -638,10 +638,30 @@ def read_results(
   return table
 
 
+def share(num_rows: int, process_index: int, process_count: int) -> range:
+  """Process `process_index`'s rows of `num_rows`: a contiguous range.
+
+  The shares of processes 0 .. process_count - 1 are disjoint, in order,
+  cover every row and differ in size by at most one, so a reduction's
+  processes read the input once between them, and the concatenation of their
+  outputs in process order is the input order.
+  """
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(
+      f"process_index={process_index} must be in [0, process_count) with "
+      f"process_count={process_count} >= 1."
+    )
+  return range(
+    num_rows * process_index // process_count,
+    num_rows * (process_index + 1) // process_count,
+  )
+
+
 def iter_results(
   output_dir: str | os.PathLike[str],
   columns: Sequence[str] | None = None,
   batch_rows: int = 65_536,
+  rows: range | None = None,
 ) -> Iterator[pa.RecordBatch]:
   """Streams a complete results directory in batches (bounded memory).
 
@@ -649,6 +669,8 @@ def iter_results(
     output_dir: Directory written by `ResultWriter` + `write_manifest`.
     columns: Columns to read (default: all).
     batch_rows: Maximum rows per batch.
+    rows: Only these rows (a step-1 range of row numbers in (process, shard)
+      order, e.g. a process's `share`); shards outside it are not opened.
 
   Yields:
     Record batches in (process, shard) order.
@@ -658,11 +680,28 @@ def iter_results(
   """
   output_dir = os.fspath(output_dir)
   manifest = read_manifest(output_dir)
-  total = 0
-  for parquet, path in _shard_files(output_dir, manifest):
+  if rows is None:
+    rows = range(manifest["num_rows"])
+  if rows.step != 1:
+    raise ValueError(f"rows={rows}: a range of step 1.")
+  listed = sum(shard["num_rows"] for shard in manifest["shards"])
+  if listed != manifest["num_rows"]:
+    raise OutputError(
+      f"{output_dir}: its shards hold {listed} rows, the manifest says "
+      f"{manifest['num_rows']}."
+    )
+  wanted, first, total = [], None, 0  # shards overlapping `rows`
+  for shard in manifest["shards"]:
+    if total < rows.stop and total + shard["num_rows"] > rows.start:
+      wanted.append(shard)
+      first = total if first is None else first
+    total += shard["num_rows"]
+  total = first or 0  # rows of the directory before the next batch
+  for parquet, path in _shard_files(output_dir, {"shards": wanted}):
     _check_columns(parquet, columns)
+    shard_end = total + parquet.metadata.num_rows
     batches = parquet.iter_batches(batch_size=batch_rows, columns=columns)
-    while True:
+    while total < min(shard_end, rows.stop):
       try:
         batch = next(batches, None)
       except (OSError, pa.ArrowException) as e:
@@ -671,10 +710,11 @@ def iter_results(
           "the shard is corrupt: recompute the directory."
         ) from e
       if batch is None:
-        break
-      total += batch.num_rows
-      yield batch
-  if total != manifest["num_rows"]:
-    raise OutputError(
-      f"{output_dir}: {total} rows, the manifest says {manifest['num_rows']}."
-    )
+        raise OutputError(
+          f"{path}: ends after {total} rows of the directory, its footer "
+          f"says {shard_end}; the shard is corrupt: recompute the directory."
+        )
+      start, total = total, total + batch.num_rows
+      lo, hi = max(start, rows.start), min(total, rows.stop)
+      if lo < hi:
+        yield batch.slice(lo - start, hi - lo)

@@ -13,8 +13,10 @@ Two kinds of stage run here:
   (the stage's device loop) into its shards, and process 0 writes the
   manifest once every process is done;
 - reductions (density, cluster, select): `reduce` hands the stage a writer
-  positioned after the rows already written and writes the manifest with the
-  stage's fields, the run config, the time taken and the code version.
+  positioned after the rows already written (one per process, in a
+  multi-process job: each process writes its share of the rows) and
+  process 0 writes the manifest with the stage's fields, the run config, the
+  time taken and the code version.
 Long reductions also snapshot their state (`runs.snapshots`).
 """
 
@@ -231,26 +233,42 @@ def reduce(
 ) -> dict[str, Any]:
   """Runs a reduction stage into `output_dir`, resuming; returns the manifest.
 
+  In a multi-process job every process calls it: each writes its own rows
+  (its share of the output, in process order) into its own shards, and
+  process 0 writes the manifest, with its stage fields, once all are done.
+
   Args:
     output_dir: The stage's output directory.
     run_config: Everything that determines the rows (recorded, compared on
       a rerun).
     schema: pyarrow schema of the rows.
     rows_per_shard: Rows per output shard.
-    write_rows: Writes the rows after `writer.rows_done` (a resumed run's
-      are already there) and returns the manifest's stage fields (`stage`
-      first).
+    write_rows: Writes this process's rows after `writer.rows_done` (a
+      resumed run's are already there) and returns the manifest's stage
+      fields (`stage` first).
     timed: Record the seconds the run took (`seconds`).
+
+  Returns:
+    The manifest (on process 0) or this process's row count.
   """
+  index, count = jax.process_index(), jax.process_count()
   manifest = completed_run(output_dir, run_config)
   if manifest is not None:
     return manifest
   writer = results.ResultWriter(
-    output_dir, schema, rows_per_shard=rows_per_shard, run_config=run_config
+    output_dir,
+    schema,
+    process_index=index,
+    process_count=count,
+    rows_per_shard=rows_per_shard,
+    run_config=run_config,
   )
   t0 = time.perf_counter()
   manifest = dict(write_rows(writer))
-  writer.close()
+  rows = writer.close()
+  sharding.barrier(f"{output_dir}:reduced")
+  if index:
+    return {"process_index": index, "rows": rows}
   manifest["run_config"] = dict(run_config)
   if timed:
     manifest["seconds"] = round(time.perf_counter() - t0, 2)

@@ -279,6 +279,7 @@ class EmbeddingsStageConfig:
     65536, "Embeddings per batch, and rows per output shard."
   )
   progress: bool = setting(True, flag="no_progress")
+  processes: ProcessConfig = setting(ProcessConfig(), group="run")
 
 
 # DensityConfig fields that determine the scores (the manifest's run config).
@@ -500,6 +501,7 @@ class SelectConfig:
     comma_separated=True,
   )
   output: str = setting(help="Selection directory.")
+  processes: ProcessConfig = setting(ProcessConfig(), group="run")
 
   def __post_init__(self):
     _check_choice(self.sampler, "sampler", SAMPLERS)

@@ -125,6 +125,36 @@ def test_round_trip_with_several_processes(tmp_path):
     read_results(out, columns=["nope"])
 
 
+def test_shares_cover_the_rows_in_order_and_read_only_their_shards(tmp_path):
+  out = str(tmp_path / "scores")
+  writer = _open(out)
+  _write_sequence(writer, _WRITES)
+  writer.close()
+  write_manifest(out, {})
+  ids = read_results(out, columns=["id"]).column("id").to_pylist()
+  for count in (1, 2, 3, 7, 45):
+    shares = [results.share(len(ids), i, count) for i in range(count)]
+    assert [r for s in shares for r in s] == list(range(len(ids)))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    got = []
+    for rows in shares:
+      batches = list(iter_results(out, ["id"], batch_rows=3, rows=rows))
+      assert all(b.num_rows <= 3 for b in batches)
+      got += [i for b in batches for i in b.column(0).to_pylist()]
+    assert got == ids
+  # A share is read from its own shards: the others may even be gone.
+  manifest = read_manifest(out)
+  first = manifest["shards"][0]
+  os.remove(os.path.join(out, manifest["shards"][-1]["file"]))
+  head = range(first["num_rows"] - 2)
+  batches = iter_results(out, ["id"], rows=head)
+  assert [i for b in batches for i in b.column(0).to_pylist()] == ids[
+    : len(head)
+  ]
+  with pytest.raises(ValueError, match="process_index=2"):
+    results.share(10, 2, 2)
+
+
 @pytest.mark.parametrize("killed_after", [0, 1, 2, 4, 7, 9, len(_WRITES)])
 def test_resume_after_a_kill_writes_identical_bytes(tmp_path, killed_after):
   total = sum(_WRITES)

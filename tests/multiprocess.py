@@ -1,0 +1,87 @@
+"""Runs a command as a job of several local processes, as a pod would.
+
+Every process gets `--coordinator_address 127.0.0.1:PORT --num_processes N
+--process_id I` after the command's own arguments, and XLA_FLAGS choosing
+its emulated CPU device count (2 by default, so a 2-process job has a
+4-device global mesh: processes with several devices each, as TPU hosts
+are). Used by the multi-process tests of every stage.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch(
+  argv: Sequence[str],
+  processes: int = 2,
+  *,
+  devices_per_process: int = 2,
+  env: dict[str, str] | None = None,
+) -> list[subprocess.Popen]:
+  """Starts `python argv... --coordinator_address ...` once per process.
+
+  `argv` follows `python` (e.g. ["-m", "data_efficient.cli", "density",
+  ...]). Output (stdout and stderr together) is piped; `wait` collects it.
+  """
+  port = free_port()
+  env = dict(
+    env or os.environ,
+    PYTHONUNBUFFERED="1",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+  )
+  return [
+    subprocess.Popen(
+      [
+        sys.executable,
+        *argv,
+        "--coordinator_address",
+        f"127.0.0.1:{port}",
+        "--num_processes",
+        str(processes),
+        "--process_id",
+        str(i),
+      ],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      env=env,
+    )
+    for i in range(processes)
+  ]
+
+
+def wait(procs: Sequence[subprocess.Popen], timeout: float = 600) -> list[str]:
+  """Waits for every process; returns their outputs.
+
+  Raises:
+    AssertionError: naming the process and showing its output, if one
+      failed (the others are killed).
+  """
+  outputs = []
+  try:
+    for i, proc in enumerate(procs):
+      output = proc.communicate(timeout=timeout)[0].decode(errors="replace")
+      assert proc.returncode == 0, f"process {i} failed:\n{output}"
+      outputs.append(output)
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  return outputs
+
+
+def run(argv: Sequence[str], processes: int = 2, **kwargs) -> list[str]:
+  """`launch` and `wait`."""
+  timeout = kwargs.pop("timeout", 600)
+  return wait(launch(argv, processes, **kwargs), timeout)
