@@ -14,9 +14,11 @@ when its upload completes, so a reader never sees part of a file.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import posixpath
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
@@ -192,3 +194,40 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
   """Writes `data` to `path` atomically (`atomic_write`)."""
   with atomic_write(path) as f:
     f.write(data)
+
+
+def local_copy(path: str | os.PathLike[str]) -> str:
+  """`path` if local, else a local copy of the file or folder it names.
+
+  For readers that only open local files (SentencePiece's loader, the
+  `tokenizers` library, the BERT embedder's folder): a remote file or
+  folder is downloaded once per process into a temporary directory that is
+  removed when the process exits. Meant for small things (vocabularies,
+  model folders of up to a few hundred MB).
+
+  Raises:
+    FileNotFoundError: if there is no such file or folder.
+  """
+  path = os.fspath(path)
+  if not is_remote(path):
+    return path
+  if path in _LOCAL_COPIES:
+    return _LOCAL_COPIES[path]
+  fs = _filesystem(path)
+  if not fs.exists(path):
+    raise FileNotFoundError(f"{path}: no such file or folder.")
+  root = tempfile.mkdtemp(prefix="data_efficient-")
+  atexit.register(shutil.rmtree, root, ignore_errors=True)
+  local = os.path.join(root, posixpath.basename(path.rstrip("/")) or "copy")
+  if fs.isdir(path):
+    for rel in walk_files(path):
+      target = os.path.join(local, *rel.split("/"))
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      fs.get_file(join(path, rel), target)
+  else:
+    fs.get_file(path, local)
+  _LOCAL_COPIES[path] = local
+  return local
+
+
+_LOCAL_COPIES: dict[str, str] = {}  # URL -> its local copy, this process

@@ -12,6 +12,8 @@ import hashlib
 import os
 from collections.abc import Sequence
 
+from data_efficient.io import paths
+
 # The vocabulary of T5 1.1, Flan-T5 and T5X's released checkpoints.
 DEFAULT_VOCAB = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 
@@ -32,8 +34,11 @@ class Tokenizer:
     import seqio  # Deferred: importing seqio (and TensorFlow) takes seconds.
 
     self.path = path
-    self._vocab = seqio.SentencePieceVocabulary(path)
     try:
+      # SentencePiece's loader reads through tf.io.gfile, not `io.paths`:
+      # a gs:// model is copied here first, so every URL goes through one
+      # filesystem library (and reaches STORAGE_EMULATOR_HOST in tests).
+      self._vocab = seqio.SentencePieceVocabulary(paths.local_copy(path))
       self._sp = self._vocab.tokenizer
     except Exception as e:  # seqio raises TF's NotFoundError, among others.
       raise FileNotFoundError(
@@ -75,8 +80,6 @@ class Tokenizer:
 
 def file_sha256(path: str | os.PathLike) -> str:
   """Hex SHA-256 of the file `path` (local or gs://)."""
-  from data_efficient.models.checkpoints import paths
-
   return hashlib.sha256(paths.read_bytes(path)).hexdigest()
 
 

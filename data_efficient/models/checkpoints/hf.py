@@ -753,7 +753,12 @@ def load_minilm(
     FileNotFoundError: if `path` is None and the package is not installed.
     CheckpointError: if the folder is not a BERT mean-pooling embedder.
   """
-  folder = pathlib.Path(path) if path is not None else minilm_folder()
+  # The BERT readers and `tokenizers` open local files: a gs:// folder is
+  # copied first (91 MB for all-MiniLM-L6-v2).
+  if path is not None:
+    folder = pathlib.Path(io_paths.local_copy(path))
+  else:
+    folder = minilm_folder()
   config = bert_config_from_hf(folder).replace(dtype=dtype)
   params = load_bert_params(folder, config, jnp.dtype(dtype))
   transformer, _ = _bert_pipeline(folder)
