@@ -54,7 +54,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from data_efficient.io import results
+from data_efficient.io import paths, results
 
 # Shared with seqio_tasks (kept literal here so that Beam workers need not
 # import SeqIO).
@@ -99,7 +99,8 @@ def _read_ids(path: str) -> Iterator[str]:
   """The `id` column of one Parquet shard of the selection."""
   import pyarrow.parquet as pq
 
-  for batch in pq.ParquetFile(path).iter_batches(columns=["id"]):
+  parquet = pq.ParquetFile(path, filesystem=paths.filesystem(path))
+  for batch in parquet.iter_batches(columns=["id"]):
     yield from batch.column(0).to_pylist()
 
 
@@ -154,13 +155,9 @@ def _validation_spec(corpus: str, validation_corpus: str | None) -> str | None:
 
 
 def _write_json(path: str, obj: Any) -> None:
-  """Writes JSON through a temp file and a rename (local or gs://)."""
-  import tensorflow as tf
-
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  """Writes JSON atomically (local or gs://, `io.paths`)."""
+  text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+  paths.write_bytes(path, text.encode("utf-8"))
 
 
 def materialize(
@@ -205,15 +202,13 @@ def materialize(
       `allow_missing`) or `output_dir` holds another materialisation.
   """
   import apache_beam as beam
-  import tensorflow as tf
   from apache_beam.options.pipeline_options import PipelineOptions
 
   selection_dir = os.fspath(selection_dir)
   selection = results.read_manifest(selection_dir)
-  manifest_path = os.path.join(output_dir, results.MANIFEST)
-  if tf.io.gfile.exists(manifest_path):
-    with tf.io.gfile.GFile(manifest_path) as f:
-      previous = json.load(f)
+  manifest_path = paths.join(output_dir, results.MANIFEST)
+  if paths.exists(manifest_path):
+    previous = json.loads(paths.read_bytes(manifest_path))
     if (
       previous.get("selection") == selection
       and previous.get("corpus") == corpus
@@ -223,9 +218,9 @@ def materialize(
       f"{output_dir}: holds another materialisation ({manifest_path}); "
       "choose a new output directory or delete it."
     )
-  tf.io.gfile.makedirs(output_dir)
+  paths.makedirs(output_dir)
   shard_paths = [
-    os.path.join(selection_dir, s["file"]) for s in selection["shards"]
+    paths.join(selection_dir, s["file"]) for s in selection["shards"]
   ]
   corpus_options = {
     "data_dir": data_dir,
@@ -238,7 +233,7 @@ def materialize(
 
   def write(pcoll: Any, prefix: str, label: str) -> None:
     _ = pcoll | f"Write{label}" >> beam.io.WriteToTFRecord(
-      os.path.join(output_dir, prefix), num_shards=num_shards
+      paths.join(output_dir, prefix), num_shards=num_shards
     )
 
   options = PipelineOptions(list(pipeline_args))
@@ -268,7 +263,7 @@ def materialize(
     )
     write(joined.train, TRAIN_PREFIX, "Train")
     _ = joined.missing | "WriteMissing" >> beam.io.WriteToText(
-      os.path.join(output_dir, MISSING_PREFIX), file_name_suffix=".txt"
+      paths.join(output_dir, MISSING_PREFIX), file_name_suffix=".txt"
     )
     if validation:
       valid = (

@@ -52,7 +52,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from data_efficient.io import results
+from data_efficient.io import paths, results
 from data_efficient.pretraining import span_corruption
 
 DEFAULT_TFDS_NAME = "c4/en:3.1.0"
@@ -213,14 +213,13 @@ class SelectedTfdsDataSource(seqio.TfdsDataSource):
 
 
 def _read_materialized_manifest(materialized_dir: str) -> dict[str, Any]:
-  path = os.path.join(materialized_dir, results.MANIFEST)
-  if not tf.io.gfile.exists(path):
+  path = paths.join(materialized_dir, results.MANIFEST)
+  if not paths.exists(path):
     raise ValueError(
       f"{materialized_dir}: no {results.MANIFEST}, so materialisation did "
-      "not finish; rerun `python3 -m data_efficient.pretraining.materialize`."
+      "not finish; rerun its `data-efficient materialize` command."
     )
-  with tf.io.gfile.GFile(path) as f:
-    manifest = json.load(f)
+  manifest = json.loads(paths.read_bytes(path))
   if manifest.get("kind") != MATERIALIZED_KIND:
     raise ValueError(
       f"{path}: not written by data_efficient.pretraining.materialize (kind "
@@ -352,14 +351,13 @@ def register_selection_task(
 
 
 def _is_materialized(directory: str) -> bool:
-  path = os.path.join(directory, results.MANIFEST)
-  if not tf.io.gfile.exists(path):
+  path = paths.join(directory, results.MANIFEST)
+  if not paths.exists(path):
     return False
-  with tf.io.gfile.GFile(path) as f:
-    try:
-      return json.load(f).get("kind") == MATERIALIZED_KIND
-    except ValueError:
-      return False
+  try:
+    return json.loads(paths.read_bytes(path)).get("kind") == MATERIALIZED_KIND
+  except ValueError:
+    return False
 
 
 def _register_dir(name: str, directory: str) -> seqio.Task:
@@ -387,11 +385,10 @@ def parse_selections(value: str) -> dict[str, str]:
 
 def register_from_registry(path: str) -> list[seqio.Task]:
   """Registers the selections of a registry JSON file (see the docstring)."""
-  with tf.io.gfile.GFile(path) as f:
-    try:
-      entries = json.load(f)
-    except ValueError as e:
-      raise ValueError(f"{REGISTRY_ENV}={path}: not valid JSON ({e}).") from e
+  try:
+    entries = json.loads(paths.read_bytes(path))
+  except ValueError as e:
+    raise ValueError(f"{REGISTRY_ENV}={path}: not valid JSON ({e}).") from e
   if not isinstance(entries, dict):
     raise ValueError(
       f"{REGISTRY_ENV}={path}: must hold a JSON object mapping selection "

@@ -10,7 +10,7 @@ tf = pytest.importorskip("tensorflow")
 seqio = pytest.importorskip("seqio")
 beam = pytest.importorskip("apache_beam")
 
-from data_efficient.io import results  # noqa: E402
+from data_efficient.io import paths, results  # noqa: E402
 from data_efficient.pretraining import materialize, seqio_tasks  # noqa: E402
 
 _BEAM = ["--runner=DirectRunner", "--direct_num_workers=1"]
@@ -178,3 +178,34 @@ def test_validation_spec():
   assert spec("/data/*.jsonl", "auto") is None
   assert spec("tfds:c4/en:3.1.0", "") is None
   assert spec("a.jsonl", "b.jsonl") == "b.jsonl"
+
+
+def test_materialize_reads_and_writes_gcs(corpus, tmp_path, gcs_dir):
+  """Selection in, TFRecords and manifest out, on the Cloud Storage
+  emulator: Beam's own gcsio for the records, `io.paths` for the rest."""
+  root, train, _ = corpus
+  chosen = train[::3]
+  local = _selection(tmp_path / "sel", [r["url"] for r in chosen])
+  selection = paths.join(gcs_dir, "sel")
+  for name in os.listdir(local):
+    with open(os.path.join(local, name), "rb") as f:
+      paths.write_bytes(paths.join(selection, name), f.read())
+  output = paths.join(gcs_dir, "out")
+  manifest = materialize.materialize(
+    selection,
+    output,
+    corpus=str(root / "train.jsonl"),
+    validation_corpus=None,
+    id_field="url",
+    num_reads=2,
+    num_shards=2,
+    pipeline_args=_BEAM,
+  )
+  assert manifest == json.loads(paths.read_bytes(f"{output}/manifest.json"))
+  assert manifest["splits"]["train"]["num_examples"] == len(chosen)
+  records = sorted(paths.glob(f"{output}/train.tfrecord-*"))
+  assert len(records) == 2
+  for i, url in enumerate(records):
+    (tmp_path / f"r{i}").write_bytes(paths.read_bytes(url))
+  got = _read_examples(str(tmp_path / "r*"))
+  assert sorted(got) == sorted((r["url"], r["text"]) for r in chosen)
