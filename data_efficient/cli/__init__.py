@@ -92,8 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   command = args.command
   if extra and not getattr(command, "PASSES_UNKNOWN_FLAGS", False):
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
-  if hasattr(command, "adjust"):
-    command.adjust(args)
   try:
     config = flags.config_from_args(command.CONFIG, args)
   except ValueError as e:  # settings that do not go together

@@ -11,12 +11,6 @@ DESCRIPTION = (
 )
 
 
-def adjust(args) -> None:
-  """The sketch always estimates the 'lsh' kernel (--kernel is for exact)."""
-  if args.estimator == "sketch":
-    args.kernel = "lsh"
-
-
 def run(config: CONFIG) -> summary.Summary:
   from data_efficient.stages import density
 

@@ -171,6 +171,12 @@ def test_select_flags_come_from_the_library():
       minimal("density", "--estimator exact --kernel nonsense"),
       "--kernel: invalid choice: 'nonsense'",
     ),
+    (
+      # The sketch estimates 'lsh' only: another kernel is refused, not
+      # quietly replaced.
+      minimal("density", "--kernel gaussian"),
+      "kernel='gaussian': the sketch estimates the 'lsh' kernel only",
+    ),
     (minimal("cluster", "--eps 3"), "eps=3.0: must be in [0, 2]"),
     (minimal("cluster", "--clusters 0"), "clusters=0 must be >= 1"),
   ],
