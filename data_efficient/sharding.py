@@ -256,6 +256,35 @@ def _sum_over_devices(mesh: jax.sharding.Mesh):
   return jax.jit(lambda x: jnp.sum(x, axis=0), out_shardings=replicated(mesh))
 
 
+def process_rows_sharding() -> jax.sharding.NamedSharding:
+  """[process_count, ...] arrays whose row p lives on process p's first
+  device (its lowest device id), and nowhere else."""
+  firsts = [
+    min((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)
+    for p in range(jax.process_count())
+  ]
+  mesh = jax.sharding.Mesh(np.asarray(firsts), ("processes",))
+  return jax.sharding.NamedSharding(mesh, jax.P("processes"))
+
+
+def process_row(x) -> jax.Array:
+  """This process's `x` as its row of a [process_count, ...] global array.
+
+  Every process passes its own value (e.g. partial sums: they differ);
+  nothing moves between processes. Orbax saves a process's state of its own
+  in this form in a multi-process job: it refuses host-local arrays there,
+  and this process can address its row alone.
+  """
+  x = np.asarray(x)
+  placement = process_rows_sharding()
+  device = placement.mesh.devices[jax.process_index()]
+  return jax.make_array_from_single_device_arrays(
+    (jax.process_count(), *x.shape),
+    placement,
+    [jax.device_put(x[None], device)],
+  )
+
+
 def process_gather(x: np.ndarray) -> np.ndarray:
   """Every process's rows of `x`, concatenated in process order.
 
