@@ -76,18 +76,27 @@ def reduction_lines(data: Mapping) -> list[str]:
   ]
 
 
+def other_process(manifest: Mapping, output: str) -> Summary | None:
+  """The summary of a process other than 0 of a multi-process job, whose
+  stage returns its own row count (`{"process_index", "rows"}`) as process 0
+  writes the manifest; None for a manifest."""
+  if "num_rows" in manifest:
+    return None
+  rows = manifest["rows"]
+  index = manifest["process_index"]
+  return Summary(
+    dict(manifest),
+    [
+      f"process {index}: {rows:,} rows -> {output} (process 0 writes the "
+      "manifest)"
+    ],  # fmt: skip
+  )
+
+
 def model_stage(stage: str, output: str, manifest: Mapping, next_: str):
   """The summary of a model stage (score, embed, perplexity)."""
-  if "num_rows" not in manifest:  # another process than 0
-    rows = manifest["rows"]
-    index = manifest["process_index"]
-    return Summary(
-      dict(manifest),
-      [
-        f"process {index}: {rows:,} rows -> {output} (process 0 writes the "
-        "manifest)"
-      ],  # fmt: skip
-    )
+  if (own := other_process(manifest, output)) is not None:
+    return own
   stats = [p["stats"] for p in manifest.get("processes", [])]
   data = {
     "stage": stage,

@@ -20,6 +20,17 @@ directory, so the user deletes it and the run resumes from the one before
 
 The progress record carries the run's settings (`config`); restoring under
 other settings is an error, so a checkpoint never seeds the wrong reduction.
+
+In a multi-process job Orbax's CheckpointManager saves one global state by
+default: every process takes part in every save (barriers), and process 0
+alone writes what is not sharded. A reduction whose processes each hold a
+partial state of their own (the sketch's partial counts) opens its own
+directory per process with `process_local=True`: each process then saves
+and restores by itself, at its own steps, as Orbax's per-host local
+checkpoints do (`primary_host=None`, `active_processes` this process only,
+an array handler with no primary host), its arrays held as its row of a
+[process_count, ...] global array (`sharding.process_row`), since Orbax
+refuses host-local arrays in a multi-process job.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from typing import Any
 
 import jax
 
+from data_efficient import sharding
 from data_efficient.io import paths, results
 from data_efficient.models.checkpoints import errors
 from data_efficient.models.checkpoints.errors import CheckpointError
@@ -59,6 +71,7 @@ class StateCheckpointer:
     *,
     config: Mapping[str, Any] | None,
     max_to_keep: int = 2,
+    process_local: bool = False,
   ):
     """Opens (creating if needed) a checkpoint directory.
 
@@ -69,6 +82,11 @@ class StateCheckpointer:
         checked on restore. None checks nothing (to inspect a checkpoint
         written by another run).
       max_to_keep: Complete steps kept; older ones are deleted after a save.
+      process_local: In a multi-process job, the state is this process's
+        own: it saves and restores independently of the other processes,
+        into `directory`, which must be this process's alone; it is
+        restored by the same process of a job of the same size, and only
+        with an `abstract_state`. No effect in a single process.
     """
     ocp = errors.import_orbax()
     directory = os.fspath(directory)
@@ -78,15 +96,23 @@ class StateCheckpointer:
     self.config = None
     if config is not None:
       self.config = results._jsonable(dict(config), "checkpoint config")
+    self._local = process_local and jax.process_count() > 1
+    items, processes = {"item_names": (STATE, PROGRESS)}, {}
+    if self._local:
+      # Orbax does not create the directory when `active_processes` is set.
+      paths.makedirs(self.directory)
+      processes = {"multiprocessing_options": _this_process_only(ocp)}
+      items = {"item_handlers": _process_local_handlers(ocp, **processes)}
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
       enable_async_checkpointing=False,
-      create=True,
+      create=not self._local,
       # Temporary directories of killed saves are removed on open.
       cleanup_tmp_directories=True,
+      **processes,
     )
     self._manager = ocp.CheckpointManager(
-      self.directory, options=options, item_names=(STATE, PROGRESS)
+      self.directory, options=options, **items
     )
 
   def steps(self) -> list[int]:
@@ -113,13 +139,14 @@ class StateCheckpointer:
     record = dict(results._jsonable(dict(progress or {}), "progress"))
     record["config"] = self.config
     record["step"] = int(step)
+    if self._local:
+      arrays = ocp.args.PyTreeSave(jax.tree.map(sharding.process_row, state))
+    else:
+      arrays = ocp.args.StandardSave(state)
     self._manager.save(
       int(step),
       args=ocp.args.Composite(
-        **{
-          STATE: ocp.args.StandardSave(state),
-          PROGRESS: ocp.args.JsonSave(record),
-        }
+        **{STATE: arrays, PROGRESS: ocp.args.JsonSave(record)}
       ),
       force=True,
     )
@@ -132,25 +159,37 @@ class StateCheckpointer:
       step: A step from `steps()`.
       abstract_state: Pytree of `jax.ShapeDtypeStruct` (with shardings) or
         arrays giving the structure, shapes and placement of the state;
-        None restores it as stored (arrays on the default device).
+        None restores it as stored (arrays on the default device). A
+        process-local state is restored to this process's first device.
 
     Raises:
       CheckpointError: if the step is damaged, or was written by a run
         with other settings.
+      ValueError: for a process-local state without `abstract_state`.
     """
     ocp = errors.import_orbax()
     where = paths.join(self.directory, str(step))
     abstract = None
     if abstract_state is not None:
       abstract = jax.tree.map(_abstract, abstract_state)
+    if self._local:
+      if abstract is None:
+        raise ValueError(
+          f"{where}: a process-local state is restored with an "
+          "abstract_state (its structure and shapes)."
+        )
+      abstract = jax.tree.map(_process_row_abstract, abstract)
+      arrays = ocp.args.PyTreeRestore(
+        abstract,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+      )
+    else:
+      arrays = ocp.args.StandardRestore(abstract)
     try:
       restored = self._manager.restore(
         step,
         args=ocp.args.Composite(
-          **{
-            STATE: ocp.args.StandardRestore(abstract),
-            PROGRESS: ocp.args.JsonRestore(),
-          }
+          **{STATE: arrays, PROGRESS: ocp.args.JsonRestore()}
         ),
       )
     except Exception as e:  # Orbax/TensorStore raise many unrelated types
@@ -174,7 +213,10 @@ class StateCheckpointer:
         f"({'; '.join(diffs)}); delete {self.directory} or use the old "
         "settings."
       )
-    return restored[STATE], progress
+    state = restored[STATE]
+    if self._local:  # This process's row, on its first device.
+      state = jax.tree.map(lambda x: x.addressable_data(0)[0], state)
+    return state, progress
 
   def restore_latest(
     self, abstract_state: Any = None
@@ -191,6 +233,50 @@ class StateCheckpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _this_process_only(ocp):
+  """Orbax multiprocessing options of a process-local state: no primary
+  host (this process writes everything of its own) and this process alone
+  in every barrier (Orbax then skips them), as Orbax sets up its per-host
+  local checkpoints (`experimental.emergency`)."""
+  index = jax.process_index()
+  return ocp.options.MultiprocessingOptions(
+    primary_host=None,
+    active_processes={index},
+    barrier_sync_key_prefix=f"process-{index}",
+  )
+
+
+def _process_local_handlers(ocp, multiprocessing_options) -> dict[str, Any]:
+  """The items' handlers of a process-local state: arrays written by the
+  process that holds them, not by a primary host."""
+  arrays = ocp.type_handlers.create_type_handler_registry(
+    (
+      jax.Array,
+      ocp.type_handlers.ArrayHandler(
+        primary_host=None, replica_id=None, use_replica_parallel=False
+      ),
+    )
+  )
+  return {
+    STATE: ocp.PyTreeCheckpointHandler(
+      multiprocessing_options=multiprocessing_options,
+      type_handler_registry=arrays,
+    ),
+    PROGRESS: ocp.JsonCheckpointHandler(
+      multiprocessing_options=multiprocessing_options
+    ),
+  }
+
+
+def _process_row_abstract(leaf: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+  """The [process_count, ...] global form of a process-local leaf."""
+  return jax.ShapeDtypeStruct(
+    (jax.process_count(), *leaf.shape),
+    leaf.dtype,
+    sharding=sharding.process_rows_sharding(),
+  )
 
 
 def _abstract(leaf: Any) -> Any:

@@ -202,6 +202,12 @@ class ProcessConfig:
   distributed: bool = setting(
     False, "Join a multi-host job discovered from the environment (TPU VM)."
   )
+  heartbeat_timeout: int = setting(
+    100,
+    "Seconds after which a process that sent no heartbeat counts as dead: "
+    "then every process of the job stops (JAX's default, 100), instead of "
+    "waiting for it in a collective.",
+  )
 
   def initialize(self) -> None:
     """Joins the process group, if these settings name one."""
@@ -209,7 +215,10 @@ class ProcessConfig:
       from data_efficient import sharding
 
       sharding.initialize_distributed(
-        self.coordinator_address, self.num_processes, self.process_id
+        self.coordinator_address,
+        self.num_processes,
+        self.process_id,
+        heartbeat_timeout=self.heartbeat_timeout,
       )
 
 
