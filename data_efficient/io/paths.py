@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
@@ -123,6 +124,17 @@ def remove(path: str | os.PathLike[str]) -> None:
     _filesystem(path).rm_file(path)
   else:
     os.remove(path)
+
+
+def rmtree(directory: str | os.PathLike[str]) -> None:
+  """Deletes `directory` and everything under it, if it exists."""
+  directory = os.fspath(directory)
+  if not is_remote(directory):
+    shutil.rmtree(directory, ignore_errors=True)
+    return
+  fs = _filesystem(directory)
+  if fs.exists(directory):
+    fs.rm(directory, recursive=True)
 
 
 def open_file(path: str | os.PathLike[str], mode: str = "rb") -> IO[Any]:
