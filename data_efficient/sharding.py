@@ -11,13 +11,15 @@ their rows over every device instead (`shard_rows`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pyarrow as pa
 
 DATA = "data"
 MODEL = "model"
@@ -307,6 +309,123 @@ def process_gather(x: np.ndarray) -> np.ndarray:
   return np.concatenate(
     [part[:n] for part, n in zip(gathered, counts, strict=True)]
   )
+
+
+# Bits per int32 digit of `process_sum_exact`: sums of 2^15 processes fit.
+_DIGIT_BITS = 16
+
+
+def process_sum_exact(counts: Sequence[int] | np.ndarray) -> np.ndarray:
+  """Exact sums over processes of non-negative integer counts (int64).
+
+  `process_sum` adds int32, which a count of rows (or of their bytes) summed
+  over hosts can overflow; here each count travels as 16-bit digits, so sums
+  are exact up to 2^62 for up to 2^15 processes.
+
+  Args:
+    counts: [n] integers in [0, 2^47).
+
+  Returns:
+    [n] int64 sums, the same on every process.
+  """
+  counts = np.asarray(counts, np.int64)
+  if jax.process_count() == 1:
+    return counts
+  if counts.size and (counts.min() < 0 or counts.max() >= 1 << 47):
+    raise ValueError(f"counts {counts} must be in [0, 2^47).")
+  shifts = np.arange(3, dtype=np.int64) * _DIGIT_BITS
+  digits = (counts[:, None] >> shifts) & ((1 << _DIGIT_BITS) - 1)
+  summed = process_sum(digits.astype(np.int32)).astype(np.int64)
+  return (summed << shifts).sum(axis=1)
+
+
+def process_gather_table(table: pa.Table) -> pa.Table:
+  """Every process's rows of a small Arrow table, concatenated in process
+  order, on every process (strings of any length, float64 exactly).
+
+  Each process sends its rows as an Arrow IPC stream behind an 8-byte
+  length, zero-padded to a power of two (so few shapes are compiled), as
+  `process_gather` bytes. Every process passes the same schema. One
+  process: `table` unchanged.
+  """
+  if jax.process_count() == 1:
+    return table
+  sink = pa.BufferOutputStream()
+  with pa.ipc.new_stream(sink, table.schema) as writer:
+    writer.write_table(table)
+  stream = np.frombuffer(sink.getvalue(), np.uint8)
+  blob = np.zeros(1 << (8 + stream.size - 1).bit_length(), np.uint8)
+  blob[:8] = np.frombuffer(np.int64(stream.size).tobytes(), np.uint8)
+  blob[8 : 8 + stream.size] = stream
+  gathered = process_gather(blob)
+  tables, at = [], 0
+  while at < gathered.size:
+    size = int(gathered[at : at + 8].view(np.int64)[0])
+    tables.append(
+      pa.ipc.open_stream(gathered[at + 8 : at + 8 + size]).read_all()
+    )
+    at += 1 << (8 + size - 1).bit_length()
+  return pa.concat_tables(tables)
+
+
+class ProcessError(RuntimeError):
+  """Another process of the job failed; its own error is in its output."""
+
+
+@contextlib.contextmanager
+def all_or_none(what: str) -> Iterator[None]:
+  """Runs a block of this process's own work; if it fails on any process,
+  it fails on every one.
+
+  A process that raised alone would leave the others waiting in their next
+  collective until JAX's shutdown barrier gives up (minutes). Instead, every
+  process ends the block with one collective (the block itself must hold
+  none): the process that failed re-raises its error, the others raise
+  `ProcessError` quoting it, so the whole job stops at once with the cause
+  on process 0's output. One process: the block runs as it is.
+
+  Args:
+    what: The work, for the message (e.g. "select's counting pass").
+
+  Raises:
+    ProcessError: on the processes that did not fail, if one did.
+  """
+  if jax.process_count() == 1:
+    yield
+    return
+  try:
+    yield
+  except Exception as e:
+    _agree(what, f"{type(e).__name__}: {e}")
+    raise
+  _agree(what, None)
+
+
+def _agree(what: str, error: str | None) -> None:
+  """One collective: on a process that did not fail (`error` None), raises
+  ProcessError if another did."""
+  index, count = jax.process_index(), jax.process_count()
+  failed = process_sum(
+    np.eye(count, dtype=np.int32)[index] * (error is not None)
+  )
+  if not failed.any():
+    return
+  mine = [(index, error[:2000])] if error is not None else []
+  errors = process_gather_table(
+    pa.table(
+      {
+        "process": pa.array([p for p, _ in mine], pa.int32()),
+        "error": pa.array([e for _, e in mine], pa.string()),
+      }
+    )
+  ).to_pylist()
+  if error is None:
+    first = errors[0]
+    raise ProcessError(
+      f"process {first['process']} of {count} failed in {what}: "
+      f"{first['error']}"
+      + (f" ({len(errors) - 1} more failed)" if len(errors) > 1 else "")
+    )
 
 
 def barrier(name: str) -> None:

@@ -56,3 +56,54 @@ def test_one_process_returns_its_own_arrays():
   x = np.arange(4, dtype=np.int32)
   np.testing.assert_array_equal(sharding.process_sum({"x": x})["x"], x)
   np.testing.assert_array_equal(sharding.process_gather(x), x)
+
+
+_HELPERS_JOB = """
+import argparse, json
+import numpy as np
+import pyarrow as pa
+p = argparse.ArgumentParser()
+p.add_argument("--coordinator_address")
+p.add_argument("--num_processes", type=int)
+p.add_argument("--process_id", type=int)
+a = p.parse_args()
+from data_efficient import sharding
+sharding.initialize_distributed(
+    a.coordinator_address, a.num_processes, a.process_id)
+i = a.process_id
+exact = sharding.process_sum_exact([3_000_000_000 + i, 5, 0]).tolist()
+rows = {"key": np.float64([1 / 3, 0.1 + i][: 2 * i]),
+        "id": pa.array(["x", "é" * 3000][: 2 * i], pa.string())}
+table = sharding.process_gather_table(pa.table(rows)).to_pydict()
+failed = []
+for name in ("a block that fails on process 1", "one that does not"):
+  try:
+    with sharding.all_or_none(name):
+      if i == 1 and "fails" in name:
+        raise ValueError("bad score in shard 7")
+    failed.append(None)
+  except Exception as e:
+    failed.append(f"{type(e).__name__}: {e}")
+print("RESULT " + json.dumps({"exact": exact, "table": table,
+                              "failed": failed}))
+"""
+
+
+@pytest.mark.slow
+def test_exact_sums_tables_and_failures_across_two_processes():
+  outputs = multiprocess.run(["-c", _HELPERS_JOB], 2)
+  got = [
+    json.loads(line.split("RESULT ", 1)[1])
+    for output in outputs
+    for line in output.splitlines()
+    if line.startswith("RESULT ")
+  ]
+  assert got[0]["exact"] == got[1]["exact"] == [6_000_000_001, 10, 0]
+  want = {"key": [1 / 3, 1.1], "id": ["x", "é" * 3000]}
+  assert got[0]["table"] == got[1]["table"] == want
+  assert got[1]["failed"] == ["ValueError: bad score in shard 7", None]
+  assert got[0]["failed"] == [
+    "ProcessError: process 1 of 2 failed in a block that fails on process "
+    "1: ValueError: bad score in shard 7",
+    None,
+  ]

@@ -15,6 +15,8 @@ def run(config: CONFIG) -> summary.Summary:
   from data_efficient.stages import select
 
   manifest = select.select(config)
+  if (other := summary.other_process(manifest, config.output)) is not None:
+    return other
   counts = manifest["counts"]
   kept, n = counts["num_selected"], counts["num_examples"]
   lines = [

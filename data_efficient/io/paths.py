@@ -127,6 +127,17 @@ def remove(path: str | os.PathLike[str]) -> None:
     os.remove(path)
 
 
+def rmtree(directory: str | os.PathLike[str]) -> None:
+  """Deletes `directory` and everything under it, if it exists."""
+  directory = os.fspath(directory)
+  if not is_remote(directory):
+    shutil.rmtree(directory, ignore_errors=True)
+    return
+  fs = _filesystem(directory)
+  if fs.exists(directory):
+    fs.rm(directory, recursive=True)
+
+
 def open_file(path: str | os.PathLike[str], mode: str = "rb") -> IO[Any]:
   """Opens `path` for reading (`mode` 'rb' or 'r'); use `atomic_write` to
   write.

@@ -6,32 +6,43 @@ shard sizes and row orders). `JoinedScores` streams them joined, pass after
 pass:
 
 - one directory: its record batches, as they are;
-- several: a first pass deals every directory's rows into buckets by a hash
-  of the id (Arrow IPC files in a scratch directory; the number of buckets
-  grows with the rows, so that one holds about `bucket_rows`), and each pass
-  then reads one bucket of every input at a time and joins it by sorting on
-  id. Memory is one bucket per input, whatever the number of rows or the
-  length of the ids.
+- several: `deal` first writes every directory's rows into buckets by a
+  hash of the id (Arrow IPC files in a scratch directory; the number of
+  buckets grows with the rows, so that one holds about `bucket_rows`), and
+  each pass then reads one bucket of every input at a time and joins it by
+  sorting on id. Memory is one bucket per input, whatever the number of
+  rows or the length of the ids.
 
-The problems are the first input's. An id scored by one input and not by
-another, or scored twice, is an error naming it.
+In a multi-process job every process deals its share of each directory's
+rows (`results.share`), into files of its own, and then streams its share of
+the buckets, reading what every process dealt into them; so each row is
+read once per pass, by one process, and the scratch directory must be
+shared (a gs:// URL or a shared file system). With one input each process
+streams its share of the rows. The problems are the first input's. An id
+scored by one input and not by another, or scored twice, is an error naming
+it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
-import shutil
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_efficient.io import paths, results
 from data_efficient.io import scores as scores_lib
 
 # Bucket files open at once while dealing (each input is read once per group).
 _OPEN_BUCKETS = 256
+# What a bucket file holds of an input: its rows' id, problem and score.
+_BUCKET = pa.schema(
+  [("id", pa.string()), ("problem", pa.string()), ("value", pa.float64())]
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,25 +61,34 @@ def _values(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
   return column.to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-class JoinedScores:
-  """The rows of several score directories joined by id; iterate per pass.
+def _bucket_of(ids: pa.Array, buckets: int) -> np.ndarray:
+  """[n] int64 buckets of ids: CRC-32 of their UTF-8, the same in every
+  process (Python's `hash` of a str is salted per process)."""
+  names = ids.cast(pa.binary()).to_pylist()
+  return np.fromiter(map(zlib.crc32, names), np.int64, len(names)) % buckets
 
-  Use as a context manager: leaving it removes the scratch directory.
-  """
+
+class JoinedScores:
+  """The rows of several score directories joined by id; iterate per pass."""
 
   def __init__(
     self,
     sources: Sequence[scores_lib.ScoreSource],
     scratch: str,
     *,
+    process_index: int = 0,
+    process_count: int = 1,
     bucket_rows: int = 1 << 18,
     batch_rows: int = 65_536,
   ):
-    """Checks the inputs; the buckets are written on the first pass.
+    """Checks the inputs; `deal` writes the buckets.
 
     Args:
       sources: The score directories, the first one giving the problems.
-      scratch: A directory for the buckets (emptied, then removed on exit).
+      scratch: A directory for the buckets, local or a URL, shared by the
+        processes of a job (the caller empties and removes it).
+      process_index: This process, in `[0, process_count)`.
+      process_count: Processes of the job, each streaming its share.
       bucket_rows: Rows per bucket, about.
       batch_rows: Rows per batch of a single input.
 
@@ -87,74 +107,80 @@ class JoinedScores:
     self.sources = tuple(sources)
     self.num_rows = sources[0].num_rows
     self._scratch = scratch
+    self._index, self._count = process_index, process_count
     self._batch_rows = batch_rows
     self._buckets = max(1, -(-max(s.num_rows for s in sources) // bucket_rows))
-    self._dealt = False
-
-  def __enter__(self) -> JoinedScores:
-    return self
-
-  def __exit__(self, *exc) -> None:
-    shutil.rmtree(self._scratch, ignore_errors=True)
 
   def __iter__(self) -> Iterator[Rows]:
-    """One pass over every joined row, in an order that does not matter."""
+    """One pass over this process's joined rows, in an order that does not
+    matter; with several inputs, only once every process has dealt."""
     if len(self.sources) == 1:
       (source,) = self.sources
-      for batch in source.batches(self._batch_rows):
+      rows = results.share(source.num_rows, self._index, self._count)
+      for batch in source.batches(self._batch_rows, rows):
         yield Rows(
           batch.column(0), batch.column(1), {source.kind: _values(batch[2])}
         )
       return
-    if not self._dealt:
-      self._deal()
-    for bucket in range(self._buckets):
+    for bucket in results.share(self._buckets, self._index, self._count):
       yield self._join(bucket)
 
-  def _path(self, source: int, bucket: int) -> str:
-    return os.path.join(self._scratch, f"{source}-{bucket:06d}.arrow")
+  def _path(self, source: int, bucket: int, process: int) -> str:
+    name = f"{source}-{bucket:06d}-{process:05d}.arrow"
+    return paths.join(self._scratch, name)
 
-  def _deal(self) -> None:
-    """Writes every input's rows to the bucket of their id's hash."""
-    shutil.rmtree(self._scratch, ignore_errors=True)
-    os.makedirs(self._scratch)
+  def deal(self) -> None:
+    """Writes this process's share of every input's rows to the buckets of
+    their id's hash (every bucket gets a file, empty or not). Nothing to do
+    for one input."""
+    if len(self.sources) == 1:
+      return
+    paths.makedirs(self._scratch)
     for i, source in enumerate(self.sources):
+      share = results.share(source.num_rows, self._index, self._count)
       for first in range(0, self._buckets, _OPEN_BUCKETS):
         last = min(self._buckets, first + _OPEN_BUCKETS)
-        writers = {}
-        for batch in source.batches(self._batch_rows):
-          # The hash only has to agree within this process: buckets are
-          # scratch, and the selection does not depend on them.
-          ids = batch.column(0).to_pylist()
-          bucket = np.fromiter(map(hash, ids), np.int64, len(ids))
-          bucket %= self._buckets
-          order = np.argsort(bucket, kind="stable")
-          bucket, batch = bucket[order], batch.take(order)
-          bounds = np.searchsorted(bucket, np.arange(first, last + 1))
-          for b, lo, hi in zip(
-            range(first, last), bounds[:-1], bounds[1:], strict=True
-          ):
-            if hi > lo:
-              if b not in writers:
-                writers[b] = pa.ipc.new_stream(self._path(i, b), batch.schema)
-              writers[b].write_batch(batch.slice(lo, hi - lo))
-        for writer in writers.values():
-          writer.close()
-    self._dealt = True
+        with contextlib.ExitStack() as files:
+          writers = [
+            files.enter_context(
+              pa.ipc.new_stream(
+                files.enter_context(
+                  paths.atomic_write(self._path(i, b, self._index))
+                ),
+                _BUCKET,
+              )
+            )
+            for b in range(first, last)
+          ]
+          for batch in source.batches(self._batch_rows, share):
+            batch = pa.RecordBatch.from_arrays(
+              [
+                c.cast(f.type)
+                for c, f in zip(batch.columns, _BUCKET, strict=True)
+              ],
+              schema=_BUCKET,
+            )
+            bucket = _bucket_of(batch.column(0), self._buckets)
+            order = np.argsort(bucket, kind="stable")
+            bucket, batch = bucket[order], batch.take(order)
+            bounds = np.searchsorted(bucket, np.arange(first, last + 1))
+            for writer, lo, hi in zip(
+              writers, bounds[:-1], bounds[1:], strict=True
+            ):
+              if hi > lo:
+                writer.write_batch(batch.slice(lo, hi - lo))
 
   def _read(self, source: int, bucket: int) -> pa.Table:
-    """One input's rows of `bucket`, sorted by id (stable: the copies of a
+    """One input's rows of `bucket`, sorted by id (stable, and dealt in
+    process order, each process's share in stream order: the copies of a
     repeated id keep their stream order, so the n-th copy in one input
     joins the n-th in another, as a corpus with a repeated id (marked
     `duplicate_id`) scores them)."""
-    path = self._path(source, bucket)
-    if os.path.exists(path):
-      with pa.ipc.open_stream(path) as reader:
-        table = reader.read_all()
-    else:
-      table = pa.table(
-        {"id": pa.array([], pa.string()), "problem": pa.array([], pa.string())}
-      ).append_column(self.sources[source].column, pa.array([], pa.float32()))
+    parts = []
+    for process in range(self._count):
+      with paths.open_file(self._path(source, bucket, process)) as f:
+        parts.append(pa.ipc.open_stream(f).read_all())
+    table = pa.concat_tables(parts)
     return table.take(pc.sort_indices(table, [("id", "ascending")]))
 
   def _join(self, bucket: int) -> Rows:

@@ -47,14 +47,20 @@ class ScoreSource:
   def num_rows(self) -> int:
     return self.manifest["num_rows"]
 
-  def batches(self, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+  def batches(
+    self, batch_rows: int = 65_536, rows: range | None = None
+  ) -> Iterator[pa.RecordBatch]:
     """Record batches of (id, problem, score column), in shard order.
+
+    Args:
+      batch_rows: Most rows per batch.
+      rows: Only these rows (e.g. a process's `results.share`); default all.
 
     Raises:
       results.OutputError: naming the shard, if one is unreadable.
     """
     return results.iter_results(
-      self.path, ["id", "problem", self.column], batch_rows
+      self.path, ["id", "problem", self.column], batch_rows, rows
     )
 
 

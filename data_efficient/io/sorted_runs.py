@@ -4,17 +4,20 @@ A selection keeps up to hundreds of millions of ids (20% of C4: 73M urls)
 and writes them sorted. `SortedRuns` buffers the strings it is given up to
 `run_bytes`, writes each full buffer sorted to a scratch file (an Arrow IPC
 run), and yields them all in order by merging the runs, reading each a small
-batch at a time.
+batch at a time. In a multi-process job each process sorts its own strings;
+the others `close` theirs into runs on shared storage (local or gs://,
+`paths`), and one process merges its own with theirs (`read`).
 """
 
 from __future__ import annotations
 
 import heapq
-import os
 from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from data_efficient.io import paths
 
 _SCHEMA = pa.schema([("id", pa.string())])
 # Rows per batch of a run on disk: what the merge holds of each run (C4's
@@ -27,11 +30,21 @@ def _sort(strings: list[pa.Array]) -> pa.Array:
   return strings.take(pc.sort_indices(strings))
 
 
+def _run_path(scratch: str, run: int) -> str:
+  return paths.join(scratch, f"run-{run:06d}.arrow")
+
+
 def _read_run(path: str) -> Iterator[str]:
-  with pa.memory_map(path) as source:
+  with paths.open_file(path) as source:
     run = pa.ipc.open_file(source)
     for i in range(run.num_record_batches):
       yield from run.get_batch(i).column(0).to_pylist()
+
+
+def read(scratch: str, runs: int) -> Iterator[str]:
+  """The strings of the first `runs` runs in `scratch`, merged in order: what
+  a `SortedRuns` there closed with `runs` runs holds."""
+  return heapq.merge(*(_read_run(_run_path(scratch, i)) for i in range(runs)))
 
 
 class SortedRuns:
@@ -41,7 +54,8 @@ class SortedRuns:
     """Starts an empty collection.
 
     Args:
-      scratch: A directory for the runs (created; the caller removes it).
+      scratch: A directory for the runs, local or a URL (created; the
+        caller removes it).
       run_bytes: String bytes buffered before a run is written.
     """
     self._scratch = scratch
@@ -58,13 +72,20 @@ class SortedRuns:
       self._write_run()
 
   def _write_run(self) -> None:
-    os.makedirs(self._scratch, exist_ok=True)
-    path = os.path.join(self._scratch, f"run-{len(self._runs):06d}.arrow")
+    paths.makedirs(self._scratch)
+    path = _run_path(self._scratch, len(self._runs))
     table = pa.table({"id": _sort(self._buffer)}, schema=_SCHEMA)
-    with pa.ipc.new_file(path, _SCHEMA) as writer:
+    with paths.atomic_write(path) as f, pa.ipc.new_file(f, _SCHEMA) as writer:
       writer.write_table(table, max_chunksize=_RUN_BATCH)
     self._runs.append(path)
     self._buffer, self._bytes = [], 0
+
+  def close(self) -> int:
+    """Writes the strings still buffered as a last run, for another process
+    to `read`; returns the number of runs."""
+    if self._buffer:
+      self._write_run()
+    return len(self._runs)
 
   def __iter__(self) -> Iterator[str]:
     """Every string added, in sorted order (once)."""

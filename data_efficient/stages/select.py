@@ -4,7 +4,7 @@ A selection directory is a results directory whose rows are the kept ids,
 sorted (across its shards, in shard order), with a manifest naming the
 sampler, rate or k, seed, the inputs' manifests and the counts. Every sampler
 is deterministic given the seed and independent of how the scores were
-sharded or ordered (see `sampling`).
+sharded or ordered (see `sampling`), and of the number of processes.
 
 Selection streams the score shards, in memory that does not grow with the
 number of rows or the length of the ids (C4: 365M urls, some thousands of
@@ -14,20 +14,52 @@ k-th row exactly, then a pass that keeps the rows at or before it, sorted in
 runs on disk and merged (`sorted_runs`). askllm-then-ips ranks twice: its
 pool is the Ask-LLM top, found the same way. Several inputs are joined by id
 (`score_join`).
+
+On many hosts (`--distributed`, or `--coordinator_address`,
+`--num_processes`, `--process_id`) every process runs every pass over its
+own share of the rows: of the one input's rows (`results.share`), or, for
+several inputs, of the id-hash buckets, which every process first deals its
+share of each input into. After each pass the processes add up their counts
+and gather their small candidate sets (`ranking`), so all of them take the
+same decisions. In the last pass each process sorts the ids it keeps into
+runs; processes other than 0 leave theirs on the scratch directory, and
+process 0 merges them with its own into the output's shards, the same rows
+in the same order as one process writes (the others write one empty shard
+each), then the manifest. The scratch, `SELECTION.scratch` beside the
+output, must be on storage every process reaches (gs://, or a shared file
+system); it holds the buckets (about the inputs' size) and the kept ids.
+Memory per process: one batch of 65,536 rows of one input, or one bucket of
+about 262,144 rows per input; the pass's sample (65,536 rows) or collected
+rows (at most 262,144 rows or 64 MB of ids), gathered to every process;
+32 MB of ids being sorted; and, on process 0, a batch of 1,024 ids per run
+being merged.
+
+A process that fails (an unreadable shard, a bad score) makes every process
+fail at the end of that pass, with its error on process 0's output
+(`sharding.all_or_none`). One that dies takes the job down: JAX's
+distributed runtime ends the others when they miss its heartbeats (100 s),
+or at once if it was process 0. The manifest is written only once every
+process's rows are, so a rerun of the same command redoes the passes (they
+keep no state) and resumes the output after process 0's whole shards; the
+scratch is cleared first, so a killed run's cannot mix in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import heapq
 import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 
+import jax
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_efficient.io import score_join, sorted_runs
+from data_efficient import sharding
+from data_efficient.io import paths, score_join, sorted_runs
 from data_efficient.io import scores as scores_lib
 from data_efficient.runs import driver
 from data_efficient.stages import configs, ranking, sampling
@@ -143,15 +175,16 @@ def _ranked(
 
 
 def _counts(joined: score_join.JoinedScores, plan: _Plan) -> dict[str, int]:
-  """The counting pass: examples, excluded, unscored and eligible rows."""
-  counts = dict.fromkeys(("examples", "excluded", "unscored", "eligible"), 0)
-  for rows in joined:
-    eligible, excluded, unscored = _eligible(rows, plan)
-    counts["examples"] += len(rows)
-    counts["excluded"] += int(excluded.sum())
-    counts["unscored"] += int(unscored.sum())
-    counts["eligible"] += int(eligible.sum())
-  return counts
+  """The counting pass: examples, excluded, unscored and eligible rows (of
+  every process)."""
+  counts = np.zeros(4, np.int64)
+  with sharding.all_or_none("select's counting pass"):
+    for rows in joined:
+      eligible, excluded, unscored = _eligible(rows, plan)
+      counts += [len(rows), excluded.sum(), unscored.sum(), eligible.sum()]
+  names = ("examples", "excluded", "unscored", "eligible")
+  totals = sharding.process_sum_exact(counts).tolist()
+  return dict(zip(names, totals, strict=True))
 
 
 def _sizes(
@@ -252,8 +285,71 @@ def selection_manifest(
   }
 
 
+def _scratch_path(output: str) -> str:
+  """`output` + '.scratch': beside it, on the same (shared) storage."""
+  if paths.is_remote(output):
+    return output.rstrip("/") + ".scratch"
+  return os.path.normpath(output) + ".scratch"
+
+
+@contextlib.contextmanager
+def _scratch(path: str) -> Iterator[None]:
+  """The job's scratch directory: process 0 clears it (a killed run's is
+  stale) before any process writes there, and removes it at the end."""
+  first = jax.process_index() == 0
+  with sharding.all_or_none("clearing select's scratch directory"):
+    if first:
+      paths.rmtree(path)
+  try:
+    yield
+  finally:
+    if first:
+      paths.rmtree(path)
+
+
+def _write_kept(
+  writer,
+  kept: sorted_runs.SortedRuns,
+  runs: Sequence[int],
+  scratch: str,
+  k: int,
+) -> None:
+  """Process 0: merges its kept ids with the other processes' `runs` and
+  writes them all after the rows already written.
+
+  Raises:
+    RuntimeError: if the merged ids are not the k the passes found.
+  """
+  merged = heapq.merge(
+    iter(kept),
+    *(
+      sorted_runs.read(_runs_dir(scratch, p), runs[p])
+      for p in range(1, len(runs))
+    ),
+  )
+  total = sum(1 for _ in itertools.islice(merged, writer.rows_done))
+  while chunk := list(itertools.islice(merged, _WRITE_ROWS)):
+    writer.write({"id": chunk})
+    total += len(chunk)
+  if total != k:
+    raise RuntimeError(
+      f"{total} ids kept, not the k={k} the passes found: {scratch} was "
+      "changed while select ran; rerun the same command."
+    )
+
+
+def _runs_dir(scratch: str, process: int) -> str:
+  return paths.join(scratch, f"runs-{process:05d}")
+
+
 def select(config: configs.SelectConfig) -> dict:
   """The `select` stage: the kept ids, sorted, and the manifest.
+
+  Every process of a multi-process job calls it (see the module docstring
+  for what each one reads and writes).
+
+  Returns:
+    The manifest (on process 0; other processes get their row count).
 
   Raises:
     ValueError: on missing or mismatched inputs, a bad rate or k, k larger
@@ -261,7 +357,9 @@ def select(config: configs.SelectConfig) -> dict:
       file and id).
     results.OutputError: naming the shard, if one is unreadable; nothing is
       then marked complete.
+    sharding.ProcessError: if another process failed (quoting its error).
   """
+  config.processes.initialize()
   sources = [scores_lib.open_scores(path) for path in config.scores]
   _check_inputs(config.sampler, sources)
   excluded = tuple(config.exclude_problems)
@@ -270,9 +368,15 @@ def select(config: configs.SelectConfig) -> dict:
   manifest = driver.completed_run(config.output, config.run_config())
   if manifest is not None:
     return manifest
+  index, count = jax.process_index(), jax.process_count()
   # Scratch beside the output: a request refused below leaves no output.
-  scratch = os.path.normpath(config.output) + ".scratch"
-  with score_join.JoinedScores(sources, scratch) as joined:
+  scratch = _scratch_path(config.output)
+  joined = score_join.JoinedScores(
+    sources, scratch, process_index=index, process_count=count
+  )
+  with _scratch(scratch):
+    with sharding.all_or_none("select's dealing of rows by id hash"):
+      joined.deal()
     counts = _counts(joined, plan)
     sizes, quality_rate = _sizes(
       config.sampler,
@@ -298,12 +402,17 @@ def select(config: configs.SelectConfig) -> dict:
       manifest_counts["quality_rate"] = quality_rate
 
     def write_rows(writer):
-      kept = sorted_runs.SortedRuns(os.path.join(scratch, "runs"))
-      for _, ids in _ranked(joined, ranks, boundaries, plan):
-        kept.add(ids)
-      merged = itertools.islice(iter(kept), writer.rows_done, None)
-      while chunk := list(itertools.islice(merged, _WRITE_ROWS)):
-        writer.write({"id": chunk})
+      kept = sorted_runs.SortedRuns(_runs_dir(scratch, index))
+      with sharding.all_or_none("select's pass keeping the selection"):
+        for _, ids in _ranked(joined, ranks, boundaries, plan):
+          kept.add(ids)
+        runs = kept.close() if index else 0
+      runs = sharding.process_sum_exact(
+        np.eye(count, dtype=np.int64)[index] * runs
+      )
+      with sharding.all_or_none("select's merge of the kept ids"):
+        if index == 0:
+          _write_kept(writer, kept, runs.tolist(), scratch, sizes[-1])
       return selection_manifest(
         config.sampler,
         sources,

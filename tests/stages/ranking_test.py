@@ -45,3 +45,16 @@ def test_kth_refuses_too_large_k_and_repeated_rows():
     kept(keys, ids, 51, 10)
   with pytest.raises(ValueError, match="share one key and id"):
     kept(keys, ids, 5, 10, sample_rows=8, collect_rows=4)
+
+
+@pytest.mark.parametrize("sample_rows", [2, 3, 5])
+def test_kth_narrows_with_a_sample_of_a_few_rows(sample_rows):
+  """A sample of a few rows (a process's share of the job's sample, when it
+  holds few of the rows inside) still narrows the interval every pass."""
+  rng = np.random.default_rng(sample_rows)
+  ids = np.array([f"id{i:03d}" for i in range(200)])
+  keys = rng.integers(0, 3, 200) * 1.0
+  for k in (1, 77, 200):
+    want = list(sampling._top_k_by_key(ids, keys, k))
+    limits = {"sample_rows": sample_rows, "collect_rows": 4}
+    assert kept(keys, ids, k, 16, **limits) == want

@@ -305,16 +305,15 @@ STAGES = {
 }
 
 
-@pytest.fixture
-def score_dirs(tmp_path):
-  """kind -> directory, each in its own row order, shard size and process
-  count."""
+def write_score_dirs(root) -> dict[str, str]:
+  """kind -> directory under `root`, each in its own row order, shard size
+  and process count."""
   ids, problems, values = corpus(seed=0)
   rng = np.random.default_rng(1)
   out = {}
   for i, (kind, (stage, column)) in enumerate(STAGES.items()):
     order = rng.permutation(len(ids))
-    out[kind] = write_dir(tmp_path / kind, stage, column, ids[order],
+    out[kind] = write_dir(root / kind, stage, column, ids[order],
                           values[kind][order], list(problems[order]),
                           rows_per_shard=3 + 4 * i,
                           processes=1 + i % 2)  # fmt: skip
@@ -322,23 +321,33 @@ def score_dirs(tmp_path):
 
 
 @pytest.fixture
-def small_memory(monkeypatch):
+def score_dirs(tmp_path):
+  return write_score_dirs(tmp_path)
+
+
+def use_small_memory(setattr_=setattr):
   """Tiny buckets, samples, collections and sorted runs: every pass and
-  merge of the bounded-memory path runs on small inputs."""
+  merge of the bounded-memory path runs on small inputs (`setattr_`:
+  monkeypatch's, or plain setattr in a job's process)."""
   kth = functools.partial(
     ranking.kth, sample_rows=8, collect_rows=6, collect_bytes=400
   )
-  monkeypatch.setattr(ranking, "kth", kth)
-  monkeypatch.setattr(
+  setattr_(ranking, "kth", kth)
+  setattr_(
     score_join,
     "JoinedScores",
     functools.partial(score_join.JoinedScores, bucket_rows=7, batch_rows=5),
   )
-  monkeypatch.setattr(
+  setattr_(
     sorted_runs,
     "SortedRuns",
     functools.partial(sorted_runs.SortedRuns, run_bytes=200),
   )
+
+
+@pytest.fixture
+def small_memory(monkeypatch):
+  use_small_memory(monkeypatch.setattr)
 
 
 SAMPLER_INPUTS = {
