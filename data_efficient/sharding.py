@@ -11,8 +11,9 @@ their rows over every device instead (`shard_rows`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -267,6 +268,48 @@ def process_gather(x: np.ndarray) -> np.ndarray:
   return np.concatenate(
     [part[:n] for part, n in zip(gathered, counts, strict=True)]
   )
+
+
+def process_gather_strings(strings: Sequence[str]) -> list[str]:
+  """Every process's strings, concatenated in process order (`process_gather`
+  of their UTF-8 bytes): for few of them, e.g. the ids of a sample."""
+  encoded = [s.encode() for s in strings]
+  lengths = process_gather(np.fromiter(map(len, encoded), np.int32))
+  data = process_gather(np.frombuffer(b"".join(encoded), np.uint8)).tobytes()
+  ends = np.cumsum(lengths)
+  return [
+    data[end - n : end].decode() for n, end in zip(lengths, ends, strict=True)
+  ]
+
+
+@contextlib.contextmanager
+def fail_together(what: str) -> Iterator[None]:
+  """Makes an error in the block an error on every process.
+
+  A process that raised and exited would leave the others blocked in their
+  next collective while it waits for them in JAX's shutdown barrier (on CPU
+  with gloo, neither had ended after minutes). Instead every process
+  finishes the block, they exchange whether it failed (one `process_sum`),
+  and then a failed process raises its own error and the others a
+  `RuntimeError` naming the failed processes. The block must run no
+  collective itself, as a failed process skips the rest of it. One process:
+  the block's error, unchanged.
+  """
+  error = None
+  try:
+    yield
+  except Exception as e:  # re-raised below, after the others know
+    error = e
+  failed = np.zeros(jax.process_count(), np.int32)
+  failed[jax.process_index()] = error is not None
+  failed = np.flatnonzero(process_sum(failed))
+  if error is not None:
+    raise error
+  if failed.size:
+    raise RuntimeError(
+      f"{what} failed on process {', '.join(map(str, failed))}: see its "
+      "output for the error."
+    )
 
 
 def barrier(name: str) -> None:

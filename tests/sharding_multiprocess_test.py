@@ -27,9 +27,18 @@ try:
   wide = "accepted"
 except ValueError as e:
   wide = str(e)
+strings = sharding.process_gather_strings(["", "\u00e9" * 3] if i else ["a"])
+try:
+  with sharding.fail_together("the block"):
+    if i == 1:
+      raise ValueError("only on process 1")
+  failed = "nothing"
+except Exception as e:
+  failed = f"{type(e).__name__}: {e}"
 print("RESULT " + json.dumps({
     "c": total["c"].tolist(), "c_dtype": str(total["c"].dtype),
-    "f": total["f"].tolist(), "gathered": gathered.tolist(), "wide": wide}))
+    "f": total["f"].tolist(), "gathered": gathered.tolist(), "wide": wide,
+    "strings": strings, "failed": failed}))
 """
 
 
@@ -42,7 +51,16 @@ def test_sum_and_gather_across_two_processes():
     for line in output.splitlines()
     if line.startswith("RESULT ")
   ]
+  failed = [g.pop("failed") for g in got]
   assert len(got) == 2 and got[0] == got[1]  # every process gets the sums
+  # Both processes raise (neither waits for the other): their own error, or
+  # one naming the process that failed.
+  assert failed == [
+    "RuntimeError: the block failed on process 1: see its output for the "
+    "error.",
+    "ValueError: only on process 1",
+  ]
+  assert got[0]["strings"] == ["a", "", "\u00e9" * 3]
   want = (np.arange(6).reshape(2, 3) * 3).tolist()  # x 1 + x 2
   assert got[0]["c"] == want and got[0]["c_dtype"] == "int32"
   assert got[0]["f"] == [2.0]
