@@ -76,18 +76,25 @@ def reduction_lines(data: Mapping) -> list[str]:
   ]
 
 
+def other_process(manifest: Mapping, output: str) -> Summary | None:
+  """The summary of a process other than 0 of a multi-process job, whose
+  stage returns {"process_index", "rows"} (None for a manifest)."""
+  if "num_rows" in manifest:
+    return None
+  rows, index = manifest["rows"], manifest["process_index"]
+  return Summary(
+    dict(manifest),
+    [
+      f"process {index}: {rows:,} rows -> {output} (process 0 writes the "
+      "manifest)"
+    ],
+  )
+
+
 def model_stage(stage: str, output: str, manifest: Mapping, next_: str):
   """The summary of a model stage (score, embed, perplexity)."""
-  if "num_rows" not in manifest:  # another process than 0
-    rows = manifest["rows"]
-    index = manifest["process_index"]
-    return Summary(
-      dict(manifest),
-      [
-        f"process {index}: {rows:,} rows -> {output} (process 0 writes the "
-        "manifest)"
-      ],  # fmt: skip
-    )
+  if (other := other_process(manifest, output)) is not None:
+    return other
   stats = [p["stats"] for p in manifest.get("processes", [])]
   data = {
     "stage": stage,
