@@ -303,6 +303,8 @@ def process_gather(x: np.ndarray) -> np.ndarray:
   counts = process_sum(
     np.eye(jax.process_count(), dtype=np.int32)[jax.process_index()] * len(x)
   )
+  if not counts.any():  # Nothing to gather (an all-gather of none fails).
+    return x
   padded = np.zeros((int(counts.max()), *x.shape[1:]), x.dtype)
   padded[: len(x)] = x
   gathered = np.asarray(multihost_utils.process_allgather(padded))
@@ -366,6 +368,13 @@ def process_gather_table(table: pa.Table) -> pa.Table:
     )
     at += 1 << (8 + size - 1).bit_length()
   return pa.concat_tables(tables)
+
+
+def process_gather_strings(strings: Sequence[str]) -> list[str]:
+  """Every process's strings, concatenated in process order, on every
+  process (`process_gather_table`): for few of them, e.g. a sample's ids."""
+  table = pa.table({"s": pa.array(list(strings), pa.string())})
+  return process_gather_table(table).column(0).to_pylist()
 
 
 class ProcessError(RuntimeError):

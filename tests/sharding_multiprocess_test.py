@@ -27,9 +27,11 @@ try:
   wide = "accepted"
 except ValueError as e:
   wide = str(e)
+strings = sharding.process_gather_strings(["", "\u00e9" * 3] if i else ["a"])
 print("RESULT " + json.dumps({
     "c": total["c"].tolist(), "c_dtype": str(total["c"].dtype),
-    "f": total["f"].tolist(), "gathered": gathered.tolist(), "wide": wide}))
+    "f": total["f"].tolist(), "gathered": gathered.tolist(), "wide": wide,
+    "strings": strings}))
 """
 
 
@@ -43,6 +45,7 @@ def test_sum_and_gather_across_two_processes():
     if line.startswith("RESULT ")
   ]
   assert len(got) == 2 and got[0] == got[1]  # every process gets the sums
+  assert got[0]["strings"] == ["a", "", "\u00e9" * 3]
   want = (np.arange(6).reshape(2, 3) * 3).tolist()  # x 1 + x 2
   assert got[0]["c"] == want and got[0]["c_dtype"] == "int32"
   assert got[0]["f"] == [2.0]

@@ -14,7 +14,8 @@ DESCRIPTION = (
   "centroid; select --sampler prototypes keeps the farthest). k-means saves "
   "its centroids every --checkpoint_every iterations "
   "(OUTPUT/kmeans_checkpoints): rerun the same command after an "
-  "interruption to resume."
+  "interruption to resume. On a pod, run it on every host with "
+  "--distributed: each host reads and writes its share of the rows."
 )
 
 
@@ -22,6 +23,8 @@ def run(config: CONFIG) -> summary.Summary:
   from data_efficient.stages import cluster
 
   manifest = cluster.cluster(config)
+  if (other := summary.other_process(manifest, config.output)) is not None:
+    return other
   clustering = manifest["clustering"]
   keys = ["empty_clusters", "cluster_size"]
   if config.method == configs.SEMDEDUP:

@@ -15,14 +15,32 @@ iteration keeps its centroid.
 
 Determinism. Initial centroids come from a sample of `init_sample` rows
 chosen by a hash of (seed, id) (`sampling.id_uniforms`), so they depend on
-neither the device count nor the order of the input shards; k-means++ then
-runs on that sample on one device, with Gumbel-max draws keyed by
-(seed, step). Assignments are exact integer decisions and counts are
-integers; only the float sums are reduced in a device-count-dependent order,
-so 1 and 8 devices give the same assignments (barring exact near-ties) and
-centroids equal to float rounding. The same command on the same devices is
-bitwise reproducible, which is what lets a killed run resume from an
-iteration checkpoint (`runs.snapshots`) and end with identical centroids.
+neither the device or process count nor the order of the input shards;
+k-means++ then runs on that sample on one device, with Gumbel-max draws
+keyed by (seed, step). Assignments are exact integer decisions and counts
+are integers; only the float sums are reduced in an order that depends on
+the devices and processes, so 1 and 8 devices, or 1 and 2 processes, give
+the same assignments (barring exact near-ties) and centroids equal to float
+rounding. The same command on the same devices is bitwise reproducible,
+which is what lets a killed run resume from an iteration checkpoint
+(`runs.snapshots`) and end with identical centroids.
+
+Many processes (a pod's hosts). Every process makes the same calls. Each
+reads its share of the rows (`embeddings.share`: contiguous, in order) and
+computes on its own devices (`sharding.local_mesh`); a Lloyd pass's
+per-cluster sums, counts and inertia are added up over the processes
+(`sharding.process_sum`, k x (d + 1) + 1 numbers per pass), so every
+process makes the same update and holds the same centroids. `sample_rows`
+gives every process the sample of one process; k-means++ runs on it on
+every process alike. An error in one process's share (a NaN row, a bad
+shard) is raised on every process (`sharding.all_or_none`) instead of
+leaving the others waiting in their next collective; a process that dies
+ends the others' next collective with an error (with JAX's heartbeat
+timeout, 100 s, at their exit). Checkpoints: every process saves the same
+NumPy centroids, which Orbax writes from process 0 only, and finalises the
+step there once all processes reached it (the layout of one process);
+every process restores the latest step itself (the directory must be one
+they all see: gs:// on a pod), and they check that they found the same.
 
 Matmuls run at `Precision.HIGHEST`: on TPU and GPU the default float32 matmul
 rounds inputs to bfloat16 / TF32, enough to move points between clusters.
@@ -82,32 +100,99 @@ def _check_finite(x: np.ndarray, first_row: int) -> None:
 # Initialisation.
 
 
-def sample_rows(
-  path: str, size: int, seed: int, batch_rows: int = 65_536
-) -> tuple[np.ndarray, np.ndarray]:
-  """The `size` rows with the smallest (seed, id) hash, in hash order.
-
-  A uniform sample without replacement that depends only on the (id, vector)
-  pairs and the seed: not on shard order, batch size or devices.
-
-  Returns:
-    (ids [m], float32 vectors [m, d]), m = min(size, N).
-  """
+def _local_sample(
+  path: str, size: int, seed: int, batch_rows: int, rows: range
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """(keys, ids, vectors) of the `size` smallest (key, id) among `rows`, in
+  that order; rows with equal (key, id) stay in input order."""
   keys = np.zeros((0,), np.float64)
   # Object arrays: a fixed-width one is as wide as its longest id (C4 urls
   # reach thousands of characters), for every row.
   ids = np.zeros((0,), object)
   vectors = None
-  for batch_ids, _, x in embeddings.iter_embeddings(path, batch_rows):
+  for batch_ids, _, x in embeddings.iter_embeddings(path, batch_rows, rows):
     batch_ids = np.asarray(batch_ids, object)
     keys = np.concatenate([keys, sampling.id_uniforms(batch_ids, seed)])
     ids = np.concatenate([ids, batch_ids])
     vectors = x if vectors is None else np.concatenate([vectors, x])
     keep = np.lexsort((ids, keys))[:size]  # ties (never seen) go by id
     keys, ids, vectors = keys[keep], ids[keep], vectors[keep]
-  if vectors is None:
+  return keys, ids, vectors
+
+
+def sample_rows(
+  path: str, size: int, seed: int, batch_rows: int = 65_536
+) -> tuple[np.ndarray, np.ndarray]:
+  """The `size` rows with the smallest (seed, id) hash, in hash order.
+
+  A uniform sample without replacement that depends only on the (id, vector)
+  pairs and the seed: not on shard order, batch size, devices or processes.
+  In a multi-process job every process calls it: each samples its share of
+  the rows (`embeddings.share`), then they agree on the `size` smallest of
+  all their candidates (`_merge_samples`), so every process returns the
+  sample one process would. A process holds its `size` candidates, the
+  sample, and 8 bytes per candidate of every process.
+
+  Returns:
+    (ids [m], float32 vectors [m, d]), m = min(size, N), on every process.
+
+  Raises:
+    ValueError: if there are no embeddings, or their widths differ.
+  """
+  share = embeddings.share(path, jax.process_index(), jax.process_count())
+  with sharding.all_or_none(f"sampling {path}"):
+    keys, ids, vectors = _local_sample(path, size, seed, batch_rows, share)
+  width = -1 if vectors is None else vectors.shape[1]
+  # [processes, 2]: each one's width (-1: no rows) and candidate count.
+  counts = sharding.process_gather(np.int32([[width, len(keys)]]))
+  widths = set(counts[:, 0].tolist()) - {-1}
+  if not widths:
     raise ValueError(f"{path}: no embeddings.")
-  return ids, vectors
+  if len(widths) > 1:
+    raise ValueError(f"{path}: embedding widths differ ({sorted(widths)}).")
+  if vectors is None:
+    vectors = np.zeros((0, widths.pop()), np.float32)
+  first = int(counts[: jax.process_index(), 1].sum())
+  return _merge_samples(keys, ids, vectors, size, first)
+
+
+def _merge_samples(
+  keys: np.ndarray,
+  ids: np.ndarray,
+  vectors: np.ndarray,
+  size: int,
+  first: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  """The `size` smallest (key, id) of every process's `_local_sample`.
+
+  The processes exchange their candidates' keys and all pick the same rows
+  again (by id where keys are equal); only those rows' ids and vectors
+  travel. `first` is the position of this process's first candidate among
+  every process's (those of the processes before it).
+  """
+  # float64 keys travel as uint32 pairs: process_gather moves 32-bit values.
+  every_key = sharding.process_gather(keys.view(np.uint32).reshape(-1, 2))
+  every_key = every_key.reshape(-1).view(np.float64)
+  # Equal keys (a repeated id, or a hash collision) go by id, as in one
+  # process: the ids of such candidates are exchanged and ranked.
+  _, group, group_size = np.unique(
+    every_key, return_inverse=True, return_counts=True
+  )
+  tied = group_size[group] > 1
+  id_rank = np.zeros(len(every_key), np.int64)
+  if tied.any():
+    mine = tied[first : first + len(keys)]
+    tied_ids = sharding.process_gather_strings(ids[mine])
+    tied_ids = np.asarray(tied_ids, object)
+    id_rank[tied] = np.unique(tied_ids, return_inverse=True)[1]
+  # Stable: equal (key, id) stay in process order, which is input order.
+  order = np.lexsort((id_rank, every_key))[:size]
+  chosen = np.sort(order)  # positions among every process's candidates
+  mine = chosen[(chosen >= first) & (chosen < first + len(keys))] - first
+  # Gathered rows come in `chosen` order; put them in sample order.
+  where = np.searchsorted(chosen, order)
+  sample_ids = np.asarray(sharding.process_gather_strings(ids[mine]), object)
+  return sample_ids[where], sharding.process_gather(vectors[mine])[where]
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -314,16 +399,18 @@ def lloyd_pass(
   *,
   spherical: bool = True,
   batch_rows: int = 65_536,
+  rows: range | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
   """One streaming pass: (sums [k, d], counts [k], inertia) per cluster.
 
   Args:
     path: An embed directory or `.npy` matrix.
     centroids: [k, d] current centroids.
-    mesh: Mesh from `sharding.make_mesh`; every batch's rows are split over
-      all its devices.
+    mesh: This process's devices (`sharding.local_mesh`); every batch's rows
+      are split over all of them.
     spherical: Cosine (unit vectors) or Euclidean assignment.
     batch_rows: Rows read per batch.
+    rows: Only these rows (a process's share); default all.
 
   Raises:
     ValueError: on NaN/inf embeddings or a width that does not match.
@@ -334,8 +421,8 @@ def lloyd_pass(
   sums = jax.device_put(jnp.zeros((k, d), jnp.float32), rep)
   counts = jax.device_put(jnp.zeros((k,), jnp.int32), rep)
   inertia = jnp.zeros((), jnp.float32)
-  row = 0
-  for _, _, x in embeddings.iter_embeddings(path, batch_rows):
+  row = 0 if rows is None else rows.start
+  for _, _, x in embeddings.iter_embeddings(path, batch_rows, rows):
     _check_batch(x, d, row)
     xs, valid, block = _shard_batch(x, mesh, _block_rows(k))
     s, c, i = _accumulate_fn(mesh, block, spherical)(xs, valid, centroids)
@@ -364,22 +451,35 @@ def fit(
 ) -> KMeansResult:
   """k-means over all embeddings at `path`, streaming, resumable.
 
+  In a multi-process job every process calls it: each passes over its share
+  of the rows (`embeddings.share`) on its own devices, and the per-cluster
+  sums and counts are added up over the processes (`sharding.process_sum`)
+  after every pass, so every process updates the same centroids.
+
   Args:
     path: An embed directory or `.npy` matrix [N, d].
     config: The clustering settings.
-    mesh: Devices to compute on.
+    mesh: This process's devices (`sharding.local_mesh`).
     batch_rows: Rows per batch (fixes the float summation order).
     checkpoint_dir: If given, the centroids are saved there (Orbax) after
       the initialisation and every `checkpoint_every` iterations, and the
       final ones always; a rerun resumes from the latest and ends with the
-      same centroids.
+      same centroids. Every process saves the same (NumPy) centroids, which
+      Orbax writes from process 0 only; every process restores them, so the
+      directory must be one that every process sees (gs:// on a pod).
     checkpoint_every: Iterations between checkpoints (0: only the last).
     progress: Print one line per iteration to stderr.
 
   Returns:
-    The centroids after `config.iterations` Lloyd iterations.
+    The centroids after `config.iterations` Lloyd iterations (the same on
+    every process).
+
+  Raises:
+    CheckpointError: if the processes found different checkpoints (their
+      `checkpoint_dir` is not one shared directory).
   """
   t0 = time.perf_counter()
+  share = embeddings.share(path, jax.process_index(), jax.process_count())
   ckpt = None
   start, inertia, centroids = 0, [], None
   if checkpoint_dir is not None:
@@ -392,28 +492,37 @@ def fit(
       **dataclasses.asdict(config),
     }
     ckpt = snapshots.StateCheckpointer(checkpoint_dir, config=settings)
-    if (latest := ckpt.restore_latest()) is not None:
+    with sharding.all_or_none(f"restoring {checkpoint_dir}"):
+      latest = ckpt.restore_latest()
+    if latest is not None:
       state, record = latest
       centroids = np.asarray(state["centroids"])
       start, inertia = record["iteration"], list(record["inertia"])
-      if progress:
-        print(
-          f"kmeans: resuming after iteration {start} ({checkpoint_dir})",
-          file=sys.stderr,
-        )
+    _check_same_step(-1 if latest is None else start, checkpoint_dir)
+    if latest is not None and progress:
+      print(
+        f"kmeans: resuming after iteration {start} ({checkpoint_dir})",
+        file=sys.stderr,
+      )
   if centroids is None:
     centroids = init_centroids(path, config, batch_rows)
     if ckpt is not None and config.iterations:
       ckpt.save(0, {"centroids": centroids}, {"iteration": 0, "inertia": []})
   for it in range(start, config.iterations):
-    sums, counts, value = lloyd_pass(
-      path,
-      centroids,
-      mesh,
-      spherical=config.spherical,
-      batch_rows=batch_rows,
+    with sharding.all_or_none(f"k-means iteration {it + 1}"):
+      local = lloyd_pass(
+        path,
+        centroids,
+        mesh,
+        spherical=config.spherical,
+        batch_rows=batch_rows,
+        rows=share,
+      )
+    sums, counts, value = sharding.process_sum(
+      (local[0], local[1], np.float32(local[2]))
     )
     centroids = np.asarray(_update(centroids, sums, counts, config.spherical))
+    value = float(value)
     inertia.append(value)
     done = it + 1
     if progress:
@@ -434,6 +543,23 @@ def fit(
   return KMeansResult(centroids, config.iterations, inertia)
 
 
+def _check_same_step(step: int, checkpoint_dir: str) -> None:
+  """Every process resumes from the same step (-1: none), or all raise."""
+  steps = sharding.process_gather(np.int32([step]))
+  if (steps != steps[0]).any():
+    from data_efficient.models.checkpoints.errors import CheckpointError
+
+    found = ", ".join(
+      f"process {i}: {'none' if s < 0 else f'step {s}'}"
+      for i, s in enumerate(steps.tolist())
+    )
+    raise CheckpointError(
+      f"{checkpoint_dir}: the processes found different k-means checkpoints "
+      f"({found}); the output directory must be one directory that every "
+      "process reads and writes (a gs:// path on a pod)."
+    )
+
+
 def assign(
   path: str,
   centroids,
@@ -441,31 +567,28 @@ def assign(
   *,
   spherical: bool = True,
   batch_rows: int = 65_536,
-  start: int = 0,
+  rows: range | None = None,
 ) -> Iterator[tuple[list[str], list, np.ndarray, np.ndarray]]:
   """Yields (ids, problems, cluster [n] int32, distance [n] float32).
 
   The distance to the nearest centroid is the cosine distance 1 - x.c
-  (spherical) or the Euclidean one. Rows before `start` are skipped.
+  (spherical) or the Euclidean one. Only `rows` are assigned (a process's
+  share; default all), on `mesh` (this process's devices).
   """
   centroids = jax.device_put(
     jnp.asarray(centroids, jnp.float32), sharding.replicated(mesh)
   )
   k, d = centroids.shape
-  row = 0
-  for ids, problems, x in embeddings.iter_embeddings(path, batch_rows):
-    first, row = row, row + len(ids)
-    if row <= start:
-      continue
-    skip = max(0, start - first)
-    x = x[skip:]
-    _check_batch(x, d, first + skip)
+  row = 0 if rows is None else rows.start
+  for ids, problems, x in embeddings.iter_embeddings(path, batch_rows, rows):
+    _check_batch(x, d, row)
+    row += len(x)
     xs, _, block = _shard_batch(x, mesh, _block_rows(k))
     cluster, dist = _assign_fn(mesh, block, spherical)(xs, centroids)
     n = len(x)
     yield (
-      ids[skip:],
-      problems[skip:],
+      ids,
+      problems,
       np.asarray(cluster)[:n],
       np.asarray(dist, np.float32)[:n],
     )
