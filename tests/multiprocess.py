@@ -9,10 +9,12 @@ are). Used by the multi-process tests of every stage.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 
 
@@ -63,16 +65,31 @@ def launch(
 def wait(procs: Sequence[subprocess.Popen], timeout: float = 600) -> list[str]:
   """Waits for every process; returns their outputs.
 
+  The pipes are read at once, one thread each: a process that fills its
+  pipe while another is being waited for would otherwise block the job.
+
   Raises:
     AssertionError: naming the process and showing its output, if one
       failed (the others are killed).
   """
-  outputs = []
+  outputs: list[str | None] = [None] * len(procs)
+
+  def read(i: int) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+      out = procs[i].communicate(timeout=timeout)[0]
+      outputs[i] = out.decode(errors="replace")
+
+  threads = [
+    threading.Thread(target=read, args=(i,)) for i in range(len(procs))
+  ]
   try:
-    for i, proc in enumerate(procs):
-      output = proc.communicate(timeout=timeout)[0].decode(errors="replace")
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
+    for i, (proc, output) in enumerate(zip(procs, outputs, strict=True)):
+      assert output is not None, f"process {i} ran past {timeout} s"
       assert proc.returncode == 0, f"process {i} failed:\n{output}"
-      outputs.append(output)
   finally:
     for proc in procs:
       if proc.poll() is None:

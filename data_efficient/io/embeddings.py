@@ -38,7 +38,8 @@ def iter_embeddings(
   `share(path, ...)`).
 
   Raises:
-    ValueError: on a matrix that is not 2-D float, or mixed widths.
+    ValueError: on a matrix that is not 2-D float, mixed widths, or a
+      vector holding NaN or inf (naming its id and row).
   """
   if path.endswith(".npy"):
     matrix = _load_npy(path)
@@ -52,9 +53,11 @@ def iter_embeddings(
       stop = min(rows.stop, len(matrix), start + batch_rows)
       ids = [str(i) for i in range(start, stop)]
       vectors = np.asarray(matrix[start:stop], np.float32)
+      _check_finite(path, ids, vectors, start)
       yield ids, [None] * len(ids), vectors
     return
   width = None
+  row = 0 if rows is None else rows.start
   columns = ["id", "problem", EMBEDDING_COLUMN]
   for batch in results.iter_results(
     path, columns=columns, batch_rows=batch_rows, rows=rows
@@ -66,7 +69,22 @@ def iter_embeddings(
     width = dim
     flat = column.flatten().to_numpy(zero_copy_only=False)
     vectors = flat.reshape(-1, dim).astype(np.float32)
-    yield batch.column(0).to_pylist(), batch.column(1).to_pylist(), vectors
+    ids = batch.column(0).to_pylist()
+    _check_finite(path, ids, vectors, row)
+    row += len(ids)
+    yield ids, batch.column(1).to_pylist(), vectors
+
+
+def _check_finite(
+  path: str, ids: list[str], vectors: np.ndarray, first_row: int
+) -> None:
+  """Raises naming the first row of a batch that holds NaN or inf."""
+  if not np.isfinite(vectors).all():
+    bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
+    raise ValueError(
+      f"{path}: the embedding of id {ids[bad]!r} (row {first_row + bad}) "
+      "contains NaN or inf; recompute or drop it."
+    )
 
 
 def _load_npy(path: str) -> np.ndarray:

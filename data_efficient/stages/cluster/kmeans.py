@@ -90,12 +90,6 @@ def _normalize(x: jax.Array) -> jax.Array:
   return x / jnp.maximum(norm, jnp.finfo(x.dtype).tiny)
 
 
-def _check_finite(x: np.ndarray, first_row: int) -> None:
-  if not np.isfinite(x).all():
-    bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-    raise ValueError(f"embedding row {first_row + bad} contains NaN or inf.")
-
-
 # ---------------------------------------------------------------------------
 # Initialisation.
 
@@ -246,9 +240,6 @@ def init_centroids(
       f"{path}: {len(sample)} embeddings, fewer than clusters="
       f"{config.clusters}."
     )
-  if not np.isfinite(sample).all():
-    bad = ids[np.flatnonzero(~np.isfinite(sample).all(axis=1))[0]]
-    raise ValueError(f"{path}: embedding of id {bad!r} contains NaN or inf.")
   x = jnp.asarray(sample)
   if config.spherical:
     x = _normalize(x)
@@ -421,22 +412,19 @@ def lloyd_pass(
   sums = jax.device_put(jnp.zeros((k, d), jnp.float32), rep)
   counts = jax.device_put(jnp.zeros((k,), jnp.int32), rep)
   inertia = jnp.zeros((), jnp.float32)
-  row = 0 if rows is None else rows.start
   for _, _, x in embeddings.iter_embeddings(path, batch_rows, rows):
-    _check_batch(x, d, row)
+    _check_width(x, d)
     xs, valid, block = _shard_batch(x, mesh, _block_rows(k))
     s, c, i = _accumulate_fn(mesh, block, spherical)(xs, valid, centroids)
     sums, counts, inertia = sums + s, counts + c, inertia + i
-    row += len(x)
   return np.asarray(sums), np.asarray(counts), float(inertia)
 
 
-def _check_batch(x: np.ndarray, d: int, first_row: int) -> None:
+def _check_width(x: np.ndarray, d: int) -> None:
   if x.shape[1] != d:
     raise ValueError(
       f"embeddings have width {x.shape[1]}; the centroids have {d}."
     )
-  _check_finite(x, first_row)
 
 
 def fit(
@@ -579,10 +567,8 @@ def assign(
     jnp.asarray(centroids, jnp.float32), sharding.replicated(mesh)
   )
   k, d = centroids.shape
-  row = 0 if rows is None else rows.start
   for ids, problems, x in embeddings.iter_embeddings(path, batch_rows, rows):
-    _check_batch(x, d, row)
-    row += len(x)
+    _check_width(x, d)
     xs, _, block = _shard_batch(x, mesh, _block_rows(k))
     cluster, dist = _assign_fn(mesh, block, spherical)(xs, centroids)
     n = len(x)

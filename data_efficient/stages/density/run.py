@@ -139,54 +139,56 @@ def build_sketch(
     rows = embeddings.share(path, jax.process_index(), jax.process_count())
   state, ckpt = None, None
   added = resumed = seen = saved = 0
-  for (_, _, vectors), last in _with_last(
-    embeddings.iter_embeddings(path, batch_rows, rows)
-  ):
-    if state is None:
-      state = sketch.init(
-        vectors.shape[1],
-        config.bandwidth,
-        rows=config.rows,
-        buckets=config.buckets,
-        hashes_per_row=config.hashes_per_row,
-        seed=config.seed,
-      )
-      if checkpoint_dir is not None:
-        ckpt, restored = _open_checkpoint(
-          checkpoint_dir, path, config, state, rows
-        )
-        if restored is not None:
-          counts, record = restored
-          state = dataclasses.replace(state, counts=counts)
-          added = resumed = saved = record["rows_added"]
-          if progress:
-            print(
-              f"density: resuming sketch pass 1 after {resumed} rows "
-              f"({checkpoint_dir})",
-              file=sys.stderr,
-            )
-          if record["complete"]:
-            break
-    n = len(vectors)
-    seen += n
-    if seen <= resumed:
-      continue
-    skip = max(0, resumed - (seen - n))
-    state = sketch.add(state, vectors[skip:], mesh=mesh)
-    added += n - skip
-    if ckpt is not None and (
-      last or (checkpoint_every and added - saved >= checkpoint_every)
+  # Each process counts alone; an error in its share stops every process.
+  with sharding.all_or_none(f"sketch pass 1 over {path}"):
+    for (_, _, vectors), last in _with_last(
+      embeddings.iter_embeddings(path, batch_rows, rows)
     ):
-      ckpt.save(
-        added,
-        {"counts": state.counts},
-        {"rows_added": added, "complete": last},
-      )
-      saved = added
-  if ckpt is not None:
-    ckpt.close()
-  if state is None:
-    raise ValueError(f"{path}: no embeddings.")
+      if state is None:
+        state = sketch.init(
+          vectors.shape[1],
+          config.bandwidth,
+          rows=config.rows,
+          buckets=config.buckets,
+          hashes_per_row=config.hashes_per_row,
+          seed=config.seed,
+        )
+        if checkpoint_dir is not None:
+          ckpt, restored = _open_checkpoint(
+            checkpoint_dir, path, config, state, rows
+          )
+          if restored is not None:
+            counts, record = restored
+            state = dataclasses.replace(state, counts=counts)
+            added = resumed = saved = record["rows_added"]
+            if progress:
+              print(
+                f"density: resuming sketch pass 1 after {resumed} rows "
+                f"({checkpoint_dir})",
+                file=sys.stderr,
+              )
+            if record["complete"]:
+              break
+      n = len(vectors)
+      seen += n
+      if seen <= resumed:
+        continue
+      skip = max(0, resumed - (seen - n))
+      state = sketch.add(state, vectors[skip:], mesh=mesh)
+      added += n - skip
+      if ckpt is not None and (
+        last or (checkpoint_every and added - saved >= checkpoint_every)
+      ):
+        ckpt.save(
+          added,
+          {"counts": state.counts},
+          {"rows_added": added, "complete": last},
+        )
+        saved = added
+    if ckpt is not None:
+      ckpt.close()
+    if state is None:
+      raise ValueError(f"{path}: no embeddings.")
   if jax.process_count() > 1:  # Every process's rows counted: exact sums.
     counts = sharding.process_sum(np.asarray(state.counts))
     state = dataclasses.replace(state, counts=jnp.asarray(counts))

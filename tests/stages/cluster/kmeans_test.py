@@ -130,8 +130,9 @@ def test_bad_inputs_are_clear_errors(tmp_path):
   x[5, 1] = np.nan
   path = str(tmp_path / "x.npy")
   np.save(path, x)
-  with pytest.raises(ValueError, match="5"):
+  with pytest.raises(ValueError, match=r"id '5' \(row 5\) contains NaN"):
     kmeans.fit(path, configs.KMeansConfig(clusters=2, iterations=1), mesh(1))
+  np.save(path, blobs(n=20))
   with pytest.raises(ValueError, match="fewer than clusters="):
     kmeans.init_centroids(path, configs.KMeansConfig(clusters=30))
   with pytest.raises(ValueError, match="init"):

@@ -183,3 +183,33 @@ def test_job_whose_process_was_killed_in_pass_1_resumes_to_the_same_rows(
   assert "resuming sketch pass 1 after" in logs[0]
   want, _ = one_process(src, tmp_path / "one", **SKETCH)
   assert results.read_results(out).equals(want)
+
+
+@pytest.mark.slow
+def test_a_bad_row_in_one_share_stops_every_process_at_once(tmp_path):
+  x = unit_vectors(300)
+  x[250, 3] = np.nan  # In process 1's share.
+  src = str(tmp_path / "x.npy")
+  np.save(src, x)
+  procs = multiprocess.launch(
+    # A given bandwidth: the default rule's sample would meet the NaN on
+    # every process.
+    cli(
+      src,
+      tmp_path / "out",
+      "--no_progress",
+      "--rows",
+      "16",
+      "--buckets",
+      "64",
+      "--batch_rows",
+      "64",
+      "--bandwidth",
+      "0.5",
+    )  # fmt: skip
+  )
+  outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
+  assert all(p.returncode != 0 for p in procs), outputs
+  assert "the embedding of id '250' (row 250) contains NaN" in outputs[1]
+  assert "process 1 of 2 failed in sketch pass 1" in outputs[0]
+  assert not (tmp_path / "out" / "manifest.json").exists()
