@@ -155,16 +155,20 @@ def run_stage(
   progress = None
   if out.progress and index == 0:
     progress = Progress(corpus, total, start, index, count)
-  stats = runner.run(
-    records,
-    writer,
-    chunk_size=out.chunk_size,
-    progress=progress,
-    on_chunk=on_chunk,
-  )
-  if progress is not None:
-    progress.close()
-  rows = writer.close()
+  # Each process runs its share alone (its own devices, no collective): an
+  # error there (a bad record) fails every process once all are done,
+  # instead of leaving them waiting for it at the barrier below.
+  with sharding.all_or_none(f"{out.output_dir}: this process's records"):
+    stats = runner.run(
+      records,
+      writer,
+      chunk_size=out.chunk_size,
+      progress=progress,
+      on_chunk=on_chunk,
+    )
+    if progress is not None:
+      progress.close()
+    rows = writer.close()
   # Statistics of this session only (a resumed run reports what it redid).
   results.write_json(
     out.output_dir,

@@ -287,10 +287,14 @@ class Runner:
     start = time.perf_counter()
     decoder = prepared.decoder_target_ids
     for batch in make_batches(prepared.ids, self.packing, width, decoder):
-      args = [self.params, batch.tokens, batch.segment_ids, batch.num_segments]
+      rows = [batch.tokens, batch.segment_ids]
       if decoder is not None:
-        args += [batch.decoder_target_tokens, batch.decoder_segment_ids]
-      result = self._step(*args)
+        rows += [batch.decoder_target_tokens, batch.decoder_segment_ids]
+      # Placed here, not by jit: in a multi-process job jit refuses NumPy
+      # inputs with a sharding over several devices (a TPU host's chips),
+      # even devices of this process only.
+      rows = jax.device_put(rows, self._batch_sharding)
+      result = self._step(self.params, *rows[:2], batch.num_segments, *rows[2:])
       pending.append((batch, result))  # dispatch is asynchronous
       stats.padded_tokens += batch.tokens.size
       if decoder is not None:

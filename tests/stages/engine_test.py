@@ -5,11 +5,11 @@ process)."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+import multiprocess
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -126,8 +126,9 @@ def test_score_writes_every_row_and_a_manifest(
   assert "is already complete" in capsys.readouterr().err
 
 
-def _cli(args, **kwargs):
-  env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_FLAGS="")
+def _cli(args, devices=1, **kwargs):
+  flags = f"--xla_force_host_platform_device_count={devices}"
+  env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_FLAGS=flags)
   return subprocess.Popen(
     [sys.executable, "-m", "data_efficient.cli", *args],
     stdout=subprocess.PIPE,
@@ -169,38 +170,17 @@ def test_score_resumes_after_sigkill_to_identical_shards(tmp_path, vocab_path):
   assert results.read_manifest(killed)["num_rows"] == 400
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_produce_the_rows_of_one(tmp_path, vocab_path):
   corpus = write_corpus(tmp_path / "c.jsonl", 120)
   one, two = tmp_path / "one", tmp_path / "two"
-  proc = _cli(score_args(corpus, one, vocab_path))
+  # Two devices per process, as TPU hosts have several chips (batches are
+  # packed per process, for its devices).
+  proc = _cli(score_args(corpus, one, vocab_path), devices=2)
   assert proc.wait(timeout=600) == 0, proc.stdout.read().decode()
-  port = _free_port()
-  procs = [
-    _cli(
-      score_args(
-        corpus,
-        two,
-        vocab_path,
-        "--coordinator_address",
-        f"127.0.0.1:{port}",
-        "--num_processes",
-        "2",
-        "--process_id",
-        str(i),
-      )  # fmt: skip
-    )
-    for i in range(2)
-  ]
-  for p in procs:
-    output = p.communicate(timeout=600)[0].decode()
-    assert p.returncode == 0, output
+  multiprocess.run(
+    ["-m", "data_efficient.cli", *score_args(corpus, two, vocab_path)]
+  )
   a = results.read_results(one).sort_by("id")
   b = results.read_results(two).sort_by("id")
   assert results.read_manifest(two)["process_count"] == 2
@@ -210,3 +190,28 @@ def test_two_processes_produce_the_rows_of_one(tmp_path, vocab_path):
   )
   shards = [pq.read_table(f) for f in sorted(two.glob("part-*.parquet"))]
   assert sum(t.num_rows for t in shards) == 120
+
+
+@pytest.mark.slow
+def test_a_bad_record_in_one_share_fails_every_process(tmp_path, vocab_path):
+  corpus = write_corpus(tmp_path / "c.jsonl", 120)
+  lines = corpus.read_text().splitlines()
+  lines[100] = '{"id": "doc-100", "text": '  # in one process's share
+  corpus.write_text("\n".join(lines) + "\n")
+  procs = multiprocess.launch(
+    [
+      "-m",
+      "data_efficient.cli",
+      *score_args(corpus, tmp_path / "o", vocab_path),
+    ]
+  )
+  outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
+  assert all(p.returncode != 0 for p in procs), outputs
+  # The process that read it names the file and (1-based) line; the other
+  # stops too, quoting it, instead of waiting for its peer.
+  (bad,) = [i for i, out in enumerate(outputs) if "ProcessError" not in out]
+  assert "c.jsonl:101" in outputs[bad]
+  other = outputs[1 - bad]
+  assert f"ProcessError: process {bad} of 2 failed" in other
+  assert "c.jsonl:101" in other
+  assert not (tmp_path / "o" / "manifest.json").exists()
