@@ -2,7 +2,7 @@
 
 import json
 
-import multiprocess
+import local_job
 import numpy as np
 import pytest
 
@@ -37,7 +37,7 @@ print("RESULT " + json.dumps({
 
 @pytest.mark.slow
 def test_sum_and_gather_across_two_processes():
-  outputs = multiprocess.run(["-c", _JOB], 2)
+  outputs = local_job.run(["-c", _JOB], 2)
   got = [
     json.loads(line.split("RESULT ", 1)[1])
     for output in outputs
@@ -94,7 +94,7 @@ print("RESULT " + json.dumps({"exact": exact, "table": table,
 
 @pytest.mark.slow
 def test_exact_sums_tables_and_failures_across_two_processes():
-  outputs = multiprocess.run(["-c", _HELPERS_JOB], 2)
+  outputs = local_job.run(["-c", _HELPERS_JOB], 2)
   got = [
     json.loads(line.split("RESULT ", 1)[1])
     for output in outputs

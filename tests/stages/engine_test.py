@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-import multiprocess
+import local_job
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -178,7 +178,7 @@ def test_two_processes_produce_the_rows_of_one(tmp_path, vocab_path):
   # packed per process, for its devices).
   proc = _cli(score_args(corpus, one, vocab_path), devices=2)
   assert proc.wait(timeout=600) == 0, proc.stdout.read().decode()
-  multiprocess.run(
+  local_job.run(
     ["-m", "data_efficient.cli", *score_args(corpus, two, vocab_path)]
   )
   a = results.read_results(one).sort_by("id")
@@ -198,7 +198,7 @@ def test_a_bad_record_in_one_share_fails_every_process(tmp_path, vocab_path):
   lines = corpus.read_text().splitlines()
   lines[100] = '{"id": "doc-100", "text": '  # in one process's share
   corpus.write_text("\n".join(lines) + "\n")
-  procs = multiprocess.launch(
+  procs = local_job.launch(
     [
       "-m",
       "data_efficient.cli",

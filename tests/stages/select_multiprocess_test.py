@@ -5,7 +5,7 @@ byte for byte, errors on every process, and a rerun after a killed one."""
 import json
 import os
 
-import multiprocess
+import local_job
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -145,7 +145,7 @@ def test_two_processes_select_what_one_process_selects(
   job = _JOB.replace("TESTS", repr(os.path.dirname(__file__))).replace(
     "SHARD_ROWS", repr(_SHARD_ROWS)
   )
-  outputs = multiprocess.run(["-c", job, str(tmp_path / "spec.json")], 2)
+  outputs = local_job.run(["-c", job, str(tmp_path / "spec.json")], 2)
   got = {}
   for output in outputs:
     for line in output.splitlines():
@@ -201,7 +201,7 @@ def test_the_cli_job_writes_the_shards_of_one_process(tmp_path, dirs):
     tmp_path / "one", [dirs["quality"], dirs["density"]], "askllm-then-ips",
     rate=0.3,
   )  # fmt: skip
-  outputs = multiprocess.run(_cli_select(tmp_path / "two", *flags), 2)
+  outputs = local_job.run(_cli_select(tmp_path / "two", *flags), 2)
   assert "process 1: 0 rows" in outputs[1]
   assert "select: 27 of 90 examples" in outputs[0]
   two = results.read_manifest(tmp_path / "two")
@@ -209,7 +209,7 @@ def test_the_cli_job_writes_the_shards_of_one_process(tmp_path, dirs):
   assert results.read_results(tmp_path / "two").column("id").to_pylist() == one
   assert _shards(tmp_path / "two") == _shards(tmp_path / "one")
 
-  procs = multiprocess.launch(
+  procs = local_job.launch(
     _cli_select(tmp_path / "big", *flags[:-2], "--k", "1000"), 2
   )
   for proc in procs:
@@ -251,13 +251,13 @@ def test_a_killed_job_fails_at_once_and_its_rerun_selects_the_same(
   argv = ["select", "--scores", paths[0], "--scores", paths[1], "--sampler",
           "askllm-then-ips", "--rate", "0.3", "--output",
           str(tmp_path / "two")]  # fmt: skip
-  procs = multiprocess.launch(["-c", _DYING_CLI, "die", *argv], 2)
+  procs = local_job.launch(["-c", _DYING_CLI, "die", *argv], 2)
   outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
   # Process 1 fails as soon as process 0 (the coordinator) is gone.
   assert procs[0].returncode == -9 and procs[1].returncode != 0, outputs[1]
   assert not os.path.exists(tmp_path / "two" / results.MANIFEST)
   assert len(_shards(tmp_path / "two")) == 2
-  multiprocess.run(["-c", _DYING_CLI, "live", *argv], 2)
+  local_job.run(["-c", _DYING_CLI, "live", *argv], 2)
   assert results.read_results(tmp_path / "two").column("id").to_pylist() == want
   assert _shards(tmp_path / "two") == _shards(tmp_path / "one")
   assert not os.path.exists(tmp_path / "two.scratch")
@@ -278,7 +278,7 @@ def test_a_job_on_gs_selects_what_one_local_process_selects(
     tmp_path / "one", [dirs["quality"], dirs["density"]], "density-ips", k=20
   )
   output = paths.join(gcs_dir, "sel")
-  multiprocess.run(
+  local_job.run(
     _cli_select(output, *remote, "--sampler", "density-ips", "--k", "20"), 2
   )
   assert results.read_results(output).column("id").to_pylist() == want

@@ -7,7 +7,7 @@ import re
 import signal
 import time
 
-import multiprocess
+import local_job
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -86,8 +86,8 @@ def runs(embedded, tmp_path_factory):
     if method not in done:
       where = tmp_path_factory.mktemp(method)
       one, two = where / "one", where / "two"
-      logs = multiprocess.run(cluster_args(method, embedded, one), 1)
-      logs += multiprocess.run(cluster_args(method, embedded, two), 2)
+      logs = local_job.run(cluster_args(method, embedded, one), 1)
+      logs += local_job.run(cluster_args(method, embedded, two), 2)
       done[method] = one, two, logs
     return done[method]
 
@@ -156,7 +156,7 @@ print("RESULT " + json.dumps({"ids": ids.tolist(), "x": x}))
 def test_every_process_gets_the_initial_sample_of_one(embedded):
   from data_efficient.stages.cluster import kmeans
 
-  logs = multiprocess.run(["-c", _SAMPLE_JOB, "--embeddings", embedded], 2)
+  logs = local_job.run(["-c", _SAMPLE_JOB, "--embeddings", embedded], 2)
   got = [
     json.loads(line.split("RESULT ", 1)[1])
     for log in logs
@@ -179,7 +179,7 @@ def test_a_killed_process_ends_the_job_and_the_rerun_resumes(
   _, uninterrupted, _ = runs("semdedup")
   out = tmp_path / "killed"
   args = cluster_args("semdedup", embedded, out)
-  procs = multiprocess.launch(args, 2)
+  procs = local_job.launch(args, 2)
   try:
     # Process 0 prints an iteration after the previous one's checkpoint.
     for line in procs[0].stdout:
@@ -202,7 +202,7 @@ def test_a_killed_process_ends_the_job_and_the_rerun_resumes(
   ).steps()
   assert steps and 2 <= steps[-1] < ITERATIONS
   assert not (out / "manifest.json").exists()
-  logs = multiprocess.run(args, 2)
+  logs = local_job.run(args, 2)
   resumed = re.search(r"resuming after iteration (\d+)", logs[0])
   assert resumed and int(resumed.group(1)) == steps[-1]
   want = results.read_results(uninterrupted)

@@ -5,7 +5,7 @@ import json
 import signal
 import time
 
-import multiprocess
+import local_job
 import numpy as np
 import pytest
 
@@ -105,7 +105,7 @@ def test_two_processes_write_the_sketch_rows_and_counts_of_one(tmp_path):
   counts = run.build_sketch(src, config, sharding.local_mesh(), 64).counts
   two = tmp_path / "two"
   job = ["-c", _SKETCH_JOB, "--embeddings", src, "--output", str(two)]
-  outputs = multiprocess.run([*job, "--settings", json.dumps(SKETCH)], 2)
+  outputs = local_job.run([*job, "--settings", json.dumps(SKETCH)], 2)
   returned = [
     json.loads(line.split("RESULT ", 1)[1])
     for output in outputs
@@ -135,7 +135,7 @@ def test_two_processes_write_the_exact_rows_of_one(tmp_path):
   want, manifest = one_process(src, tmp_path / "one", **{
     "estimator": "exact", "kernel": "gaussian", "batch_rows": 64})  # fmt: skip
   two = tmp_path / "two"
-  outputs = multiprocess.run(cli(src, two, *exact, "--no_progress"), 2)
+  outputs = local_job.run(cli(src, two, *exact, "--no_progress"), 2)
   assert f"density: 300 rows -> {two}" in outputs[0]
   assert f"process 1: 150 rows -> {two} (process 0 writes" in outputs[1]
   assert results.read_manifest(two)["run_config"] == manifest["run_config"]
@@ -159,7 +159,7 @@ def test_job_whose_process_was_killed_in_pass_1_resumes_to_the_same_rows(
   flags = [f"--{k}={v}" for k, v in SKETCH.items()] + ["--checkpoint_every=64"]
   # Process 1 is killed once it has saved twice; process 0 then stops when
   # JAX's coordination service misses process 1's heartbeats.
-  procs = multiprocess.launch(
+  procs = local_job.launch(
     cli(src, out, *flags, "--no_progress", "--heartbeat_timeout", "10"), 2
   )
   where = out / run.SKETCH_CHECKPOINTS / "process-00001-of-00002"
@@ -178,7 +178,7 @@ def test_job_whose_process_was_killed_in_pass_1_resumes_to_the_same_rows(
   assert "heartbeat" in output
   assert not (out / results.MANIFEST).exists()
   # The whole job again: process 1 resumes its pass 1, process 0 its own.
-  logs = multiprocess.run(cli(src, out, *flags), 2)
+  logs = local_job.run(cli(src, out, *flags), 2)
   assert f"resuming sketch pass 1 after {saved} rows" in logs[1]
   assert "resuming sketch pass 1 after" in logs[0]
   want, _ = one_process(src, tmp_path / "one", **SKETCH)
@@ -191,7 +191,7 @@ def test_a_bad_row_in_one_share_stops_every_process_at_once(tmp_path):
   x[250, 3] = np.nan  # In process 1's share.
   src = str(tmp_path / "x.npy")
   np.save(src, x)
-  procs = multiprocess.launch(
+  procs = local_job.launch(
     # A given bandwidth: the default rule's sample would meet the NaN on
     # every process.
     cli(
