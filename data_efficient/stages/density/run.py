@@ -170,6 +170,7 @@ def density_scores(
   progress: bool = True,
   checkpoint_dir: str | None = None,
   checkpoint_every: int = 0,
+  record: dict | None = None,
 ) -> Iterator[tuple[list[str], list, np.ndarray]]:
   """Yields (ids, problems, density) batches in input order, from `start`.
 
@@ -183,6 +184,8 @@ def density_scores(
     checkpoint_dir: Sketch: where pass 1 saves and resumes (see
       `build_sketch`); None disables checkpoints.
     checkpoint_every: Sketch: rows between pass-1 checkpoints.
+    record: Exact: gets 'exact_form', the `exact.FORMS` entry every batch
+      uses (chosen for a full batch on this host), for the manifest.
 
   Raises:
     ValueError: on NaN/inf embeddings, mixed widths or empty input.
@@ -212,6 +215,10 @@ def density_scores(
 
   else:
     _, keys = embeddings.read_embeddings(path)
+    n_keys, dim = keys.shape
+    form = exact.choose_form(mesh, min(batch_rows, n_keys), n_keys, dim)
+    if record is not None:
+      record["exact_form"] = form
 
     def score(vectors):
       return exact.kernel_sums(
@@ -221,6 +228,7 @@ def density_scores(
         config.bandwidth,
         hashes_per_row=config.hashes_per_row,
         mesh=mesh,
+        form=form,
       )
 
   done = 0
@@ -251,7 +259,9 @@ def density(config: configs.DensityConfig) -> dict:
   """The `density` stage: every embedding's density score; the manifest.
 
   The bandwidth is resolved first (the default rule on a seeded sample), so
-  the run config records the one used.
+  the run config records the one used; the exact estimator's manifest also
+  records its form (`exact.choose_form`), which is not part of the run
+  config: the forms give the same sums, so a resume may use either.
   """
   from data_efficient import sharding
 
@@ -261,6 +271,7 @@ def density(config: configs.DensityConfig) -> dict:
     checkpoint_dir = paths.join(config.output, SKETCH_CHECKPOINTS)
 
   def write_rows(writer):
+    record = {}
     for ids, problems, values in density_scores(
       config.embeddings,
       config,
@@ -270,11 +281,13 @@ def density(config: configs.DensityConfig) -> dict:
       progress=config.progress,
       checkpoint_dir=checkpoint_dir,
       checkpoint_every=config.checkpoint_every,
+      record=record,
     ):
       writer.write({"id": ids, "problem": problems, "density": values})
     return {
       "stage": "density",
       "embeddings_manifest": driver.input_manifest(config.embeddings),
+      **record,
     }
 
   return driver.reduce(
