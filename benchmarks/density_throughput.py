@@ -3,10 +3,13 @@
 Runs on the machine's real devices (do not set 8 emulated CPU devices):
 
   python3 benchmarks/density_throughput.py            # N=32768, sketch 10^6
-  python3 benchmarks/density_throughput.py --quick    # < 2 minutes on 2 cores
+  python3 benchmarks/density_throughput.py --quick    # ~2 minutes on 2 cores
 
 Side by side, in one run:
-  1. matmul peak: best of a 2048^3 float32 `jnp.dot`;
+  1. matmul peak: the best of short 2048^3 float32 `jnp.dot`s at three
+     points of the run and of chained dots with the exact sums' FLOPs timed
+     in their rounds (the latter also printed on its own: long runs share
+     the cores with whatever else runs, as the exact sums do);
   2. exact Gaussian kernel sums of N random unit vectors (d=768) against
      themselves: ours (`exact.kernel_sums` with the form `exact.choose_form`
      picks on this host, printed with the calibration it measures), each of
@@ -16,7 +19,13 @@ Side by side, in one run:
      on a subset of queries and extrapolated;
   3. the sketch's two passes (R=1000, B=20000) over N_sketch vectors made in
      chunks, in embeddings/s, at the default K hashes per row and at K = 1,
-     each against its matmul-bound rate peak / (2 d R K).
+     each against its matmul-bound rate peak / (2 d R K), then at the
+     default K where a pass's time goes: the hashing matmul alone, bucketing
+     (matmul, mixer, range reduction), pass 1 and pass 2 over the same rows
+     in interleaved rounds.
+The exact form is chosen once per host and tile shape and cached (see
+`exact.choose_form`); delete ~/.cache/data_efficient/exact_forms.json to
+measure it again.
 GFLOP/s count the distance matmuls only (2 N^2 d for exact sums, 2 N d R K
 per sketch pass). The last line is `RESULT key=value ...`.
 """
@@ -69,13 +78,50 @@ def matmul_peak_gflops(repeats: int = 5) -> float:
   return 2 * 2048**3 / _best_time(lambda: dot(x, x), repeats)[0] / 1e9
 
 
-def hash_matmul_gflops(block: int, rows: int, repeats: int = 5) -> float:
-  """GFLOP/s of the hashing matmul: [d, rows], [block, d] -> [rows, block]
-  (rows = R K)."""
-  x = jax.random.normal(jax.random.key(1), (block, _D), jnp.float32)
-  a = jax.random.normal(jax.random.key(2), (_D, rows), jnp.float32)
-  dot = jax.jit(lambda a, x: jnp.einsum("dr,nd->rn", a, x))
-  return 2 * block * _D * rows / _best_time(lambda: dot(a, x), repeats)[0] / 1e9
+def sustained_matmul(flops: float):
+  """A function running chained 2048^3 float32 dots worth `flops` in one jit
+  (the exact sums' matmul work at the same scale, for the same rounds)."""
+  n_dots = max(1, round(flops / (2 * 2048**3)))
+  x = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
+  y = x / np.sqrt(2048)  # Keeps the chained products O(1).
+  run = jax.jit(
+    lambda x, y: jax.lax.fori_loop(0, n_dots, lambda _, c: c @ y, x)
+  )
+  return functools.partial(run, x, y), n_dots * 2 * 2048**3
+
+
+def sketch_breakdown(
+  mesh: jax.sharding.Mesh, s: sketch.RaceSketch, n: int, rounds: int
+) -> dict[str, float]:
+  """Where a pass's time goes: best emb/s over `rounds` interleaved runs of
+  the hashing matmul alone, bucketing (matmul, mixer, range reduction),
+  pass 1 and pass 2, each over the same n rows in blocks of
+  `sketch.DEFAULT_BLOCK`."""
+  block = sketch.DEFAULT_BLOCK
+  x = unit_vectors(n, 7)
+  projections, offsets, salts = sketch._scaled(s)
+  d, k, r = projections.shape
+
+  def scan_blocks(per_block):
+    # Sum of per_block over the blocks, so nothing is dead code.
+    def step(total, xb):
+      return total + jnp.sum(per_block(xb)), None
+
+    blocks = x.reshape(-1, block, d)
+    return jax.jit(lambda: jax.lax.scan(step, 0.0, blocks)[0])
+
+  fns = {
+    "matmul": scan_blocks(
+      lambda xb: jnp.einsum("dc,nd->cn", projections.reshape(d, k * r), xb)
+    ),
+    "bucketing": scan_blocks(
+      lambda xb: sketch._buckets(xb, projections, offsets, salts, s.buckets)
+    ),
+    "pass 1": lambda: sketch.add(s, x, mesh=mesh).counts,
+    "pass 2": lambda: sketch.scores(s, x, mesh=mesh),
+  }
+  times, _ = _interleaved_times(fns, rounds)
+  return {name: n / min(t) for name, t in times.items()}
 
 
 def unit_vectors(n: int, seed: int) -> jax.Array:
@@ -170,6 +216,9 @@ def main():
   parser.add_argument("--sketch_n", type=int, default=1_000_000)
   parser.add_argument("--sketch_chunk", type=int, default=65536)
   parser.add_argument(
+    "--breakdown_n", type=int, default=16384, help="sketch breakdown rows"
+  )
+  parser.add_argument(
     "--query_block", type=int, default=exact.DEFAULT_QUERY_BLOCK
   )
   parser.add_argument("--key_block", type=int, default=exact.DEFAULT_KEY_BLOCK)
@@ -187,8 +236,8 @@ def main():
   print(f"devices: {jax.devices()}")
   mesh = sharding.make_mesh()
 
-  # Other processes may share the cores: the peak is the best of three
-  # measurements (each a best of 5) spread over the run.
+  # Other processes may share the cores: the peak is the best of several
+  # measurements spread over the run.
   peaks = [matmul_peak_gflops()]
 
   x = unit_vectors(n, 0)
@@ -199,6 +248,8 @@ def main():
   form = exact.choose_form(mesh, n, n, _D, **blocks)
   tile = (min(args.query_block, n), min(args.key_block, n))
   calibration = exact.measure_forms(mesh.local_devices[0], *tile, _D)
+
+  matmul, matmul_flops = sustained_matmul(flops)
 
   def ours(form=None):
     return exact.kernel_sums(
@@ -211,11 +262,15 @@ def main():
       "pipelined": functools.partial(ours, "pipelined"),
       "fused": functools.partial(ours, "fused"),
       "numpy": functools.partial(numpy_kernel_sums, x_np, h),
+      "matmul": matmul,
     },
     rounds=args.rounds,
   )
+  times["matmul"] = [t * flops / matmul_flops for t in times.pop("matmul")]
+  outputs.pop("matmul")
   best = {name: min(t) for name, t in times.items()}
   gflops = {name: flops / t / 1e9 for name, t in best.items()}
+  peaks.append(gflops["matmul"])
   peaks.append(matmul_peak_gflops())
   ours_s, numpy_s = best["ours"], best["numpy"]
   sums = {name: np.asarray(out) for name, out in outputs.items()}
@@ -231,11 +286,16 @@ def main():
     )
     for hashes in (k, 1)
   }
-  hash_gflops = hash_matmul_gflops(sketch.DEFAULT_BLOCK, rows * k)
+  breakdown = sketch_breakdown(
+    mesh,
+    sketch.init(_D, passes[k][2], rows=rows, buckets=buckets, hashes_per_row=k),
+    args.breakdown_n,
+    rounds=3,
+  )
   peaks.append(matmul_peak_gflops())
   peak = max(peaks)
   print(
-    f"matmul peak (2048^3 jnp.dot): {peak:.1f} GFLOP/s (best of "
+    f"matmul peak (2048^3 float32): {peak:.1f} GFLOP/s (best of "
     f"{', '.join(f'{p:.0f}' for p in peaks)}, measured across the run)"
   )
 
@@ -254,6 +314,7 @@ def main():
     + line("pipelined", "(matmul of block j+1 beside exp-sum of block j)")
     + line("fused", "(a tile's matmul and exp-sum in one step)")
     + line("numpy", f"(max rel diff to ours {max_rel:.1e})")
+    + line("matmul", "(chained 2048^3 dots, the same FLOPs, same rounds)")
     + f"  sklearn   {sklearn_s:7.1f} s  {flops / sklearn_s / 1e9:6.2f} GFLOP/s "
     f"(EXTRAPOLATED from {args.sklearn_queries} queries: "
     f"{skl_qps:.1f} queries/s)\n"
@@ -280,14 +341,16 @@ def main():
       f"({score_rate / bound:.0%} of matmul-bound)"
     )
   add_rate, score_rate, bound = rates[k]
-  hash_bound = hash_gflops * 1e9 / (2.0 * _D * rows * k)
   print(
-    f"  the K={k} hashing matmul alone ([{_D}, {rows * k}]^T x "
-    f"[{sketch.DEFAULT_BLOCK}, {_D}]^T): {hash_gflops:.0f} GFLOP/s = "
-    f"{hash_bound:.0f} emb/s; passes at {add_rate / hash_bound:.0%} / "
-    f"{score_rate / hash_bound:.0%} of it; K={k} vs K=1: pass 1 "
-    f"{add_rate / rates[1][0]:.2f}x, pass 2 {score_rate / rates[1][1]:.2f}x "
-    "the rate"
+    f"  K={k} vs K=1: pass 1 {add_rate / rates[1][0]:.2f}x, pass 2 "
+    f"{score_rate / rates[1][1]:.2f}x the rate\n"
+    f"K={k} breakdown, {args.breakdown_n} rows in one call, best of 3 "
+    "interleaved rounds: "
+    + ", ".join(
+      f"{name} {rate:.0f} emb/s ({rate / bound:.0%})"
+      for name, rate in breakdown.items()
+    )
+    + " of the matmul bound"
   )
   print(
     "RESULT "
@@ -296,6 +359,8 @@ def main():
     f"exact_s={ours_s:.3f} "
     f"exact_gflops={flops / ours_s / 1e9:.1f} "
     f"exact_frac_peak={flops / ours_s / 1e9 / peak:.3f} "
+    f"exact_frac_sustained_matmul={gflops['ours'] / gflops['matmul']:.3f} "
+    f"sustained_matmul_gflops={gflops['matmul']:.1f} "
     f"exact_form={form} "
     f"pipelined_gflops={gflops['pipelined']:.1f} "
     f"fused_gflops={gflops['fused']:.1f} "
@@ -319,7 +384,8 @@ def main():
     f"k1_scores_emb_per_s={rates[1][1]:.0f} "
     f"k1_add_frac_bound={rates[1][0] / rates[1][2]:.3f} "
     f"k1_scores_frac_bound={rates[1][1] / rates[1][2]:.3f} "
-    f"hash_matmul_gflops={hash_gflops:.1f}"
+    f"hash_matmul_frac_bound={breakdown['matmul'] / bound:.3f} "
+    f"bucketing_frac_bound={breakdown['bucketing'] / bound:.3f}"
   )
 
 

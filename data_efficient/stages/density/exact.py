@@ -8,16 +8,29 @@ device, never [N, N]. Padding rows (N not divisible by the block or device
 count) are masked by giving padded keys an infinite squared norm, so their
 kernel value is exactly 0, and padded queries are cut from the result.
 
-Why the scan is software-pipelined: XLA:CPU fuses a tile's matmul into the
-consumer exp/sum loop and then runs the matmul well below its peak. Iteration
-j therefore computes the distance matmul of key block j + 1 and the kernel
-exp-sum of key block j (whose matmul came from the previous iteration through
-the loop carry), so the two never sit in one fusion. Measured on 2 Zen 3
-cores, one 4096 x 4096 x 768 Gaussian tile: fused 99 GFLOP/s, pipelined 119,
-matmul alone 181 (see `benchmarks/density_throughput.py`). The same machine
-kind also runs on Xeon hosts, whose XLA:CPU emits dots through YNNPACK; there
-the benchmark's fused variant was 8-14% faster than this one (vs_fused
-0.86-0.92), while both stay above 70% of the measured matmul peak.
+Two forms of the scan over key blocks (`FORMS`), the same tiles added in
+the same order (bit-identical sums on every host measured):
+- 'pipelined': iteration j computes the distance matmul of key block j + 1
+  and the kernel exp-sum of block j (whose matmul came from the previous
+  iteration through the loop carry), so the two never sit in one fusion.
+  Written for XLA:CPU versions that fused a tile's matmul into the consumer
+  exp/sum loop and then ran it well below its peak: on 2 Zen 3 cores, one
+  4096 x 4096 x 768 Gaussian tile ran fused at 99 GFLOP/s, pipelined at
+  119, matmul alone 181. It costs two [qb, kb] copies per iteration (the
+  loop carry).
+- 'fused': the matmul and exp-sum of a tile in one step. Where XLA:CPU emits
+  the dot, the elementwise kernel and the row sum as one YNNPACK fusion, this
+  is the faster form: on a Xeon host of the same machine kind the pipelined
+  form ran at 0.72x the fused one; on 2 AMD EPYC (AVX-512) cores, jax
+  0.10.2, N = 32768, d = 768: fused FUSED_GFLOPS GFLOP/s, pipelined
+  PIPELINED_GFLOPS, blocked NumPy NUMPY_GFLOPS, the 2048^3 matmul PEAK_GFLOPS
+  (`benchmarks/density_throughput.py`). It is also faster with YNNPACK off
+  here (fused 184, pipelined 163 GFLOP/s at N = 8192), but at a 1024-row
+  query block with YNNPACK the pipelined form won (79 vs 56): which is faster
+  depends on the compiler, the host and the tile shape.
+So `kernel_sums` measures: `choose_form` times both on the call's tile shape
+once per host and caches the choice (in memory and on disk), and the
+`density` stage records the form it used in its manifest.
 
 Results do not depend on the device count: the tile shapes depend only on the
 block sizes and the input sizes, so 1 and 8 devices run the same arithmetic.
