@@ -8,28 +8,29 @@ device, never [N, N]. Padding rows (N not divisible by the block or device
 count) are masked by giving padded keys an infinite squared norm, so their
 kernel value is exactly 0, and padded queries are cut from the result.
 
-Two forms of the scan over key blocks (`FORMS`), the same tiles added in
-the same order (bit-identical sums on every host measured):
+Two forms of the scan over key blocks (`FORMS`) add the same tiles in the
+same order (bit-identical sums in every run on the EPYC host below, with
+and without YNNPACK; the tests require agreement to 1e-6):
 - 'pipelined': iteration j computes the distance matmul of key block j + 1
   and the kernel exp-sum of block j (whose matmul came from the previous
   iteration through the loop carry), so the two never sit in one fusion.
-  Written for XLA:CPU versions that fused a tile's matmul into the consumer
+  Written for an XLA:CPU that fused a tile's matmul into the consumer
   exp/sum loop and then ran it well below its peak: on 2 Zen 3 cores, one
   4096 x 4096 x 768 Gaussian tile ran fused at 99 GFLOP/s, pipelined at
-  119, matmul alone 181. It costs two [qb, kb] copies per iteration (the
-  loop carry).
-- 'fused': the matmul and exp-sum of a tile in one step. Where XLA:CPU emits
-  the dot, the elementwise kernel and the row sum as one YNNPACK fusion, this
-  is the faster form: on a Xeon host of the same machine kind the pipelined
+  119, matmul alone 181. The loop carry costs two [qb, kb] copies per
+  iteration.
+- 'fused': a tile's matmul and exp-sum in one step. Where XLA:CPU emits the
+  dot, the elementwise kernel and the row sum as one YNNPACK fusion, this is
+  the faster form: on a Xeon host of the same machine kind the pipelined
   form ran at 0.72x the fused one; on 2 AMD EPYC (AVX-512) cores, jax
-  0.10.2, N = 32768, d = 768: fused FUSED_GFLOPS GFLOP/s, pipelined
-  PIPELINED_GFLOPS, blocked NumPy NUMPY_GFLOPS, the 2048^3 matmul PEAK_GFLOPS
-  (`benchmarks/density_throughput.py`). It is also faster with YNNPACK off
-  here (fused 184, pipelined 163 GFLOP/s at N = 8192), but at a 1024-row
-  query block with YNNPACK the pipelined form won (79 vs 56): which is faster
-  depends on the compiler, the host and the tile shape.
-So `kernel_sums` measures: `choose_form` times both on the call's tile shape
-once per host and caches the choice (in memory and on disk), and the
+  0.10.2, N = 32768, d = 768, in the quietest of four benchmark runs: fused
+  181.5 GFLOP/s, pipelined 138.2, blocked NumPy 130.0, the 2048^3 matmul
+  176.6 (`benchmarks/density_throughput.py`; docs/stages.md has all four).
+  But with a 1024-row query block the pipelined form matched or won there
+  (145-150 vs 98-147 GFLOP/s): the faster form depends on the compiler, the
+  host and the tile shape.
+So `kernel_sums` measures: `choose_form` times both on the call's tile
+shape once per host and caches the choice (in memory and on disk), and the
 `density` stage records the form it used in its manifest.
 
 Results do not depend on the device count: the tile shapes depend only on the
