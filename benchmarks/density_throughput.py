@@ -3,18 +3,29 @@
 Runs on the machine's real devices (do not set 8 emulated CPU devices):
 
   python3 benchmarks/density_throughput.py            # N=32768, sketch 10^6
-  python3 benchmarks/density_throughput.py --quick    # < 2 minutes on 2 cores
+  python3 benchmarks/density_throughput.py --quick    # ~2 minutes on 2 cores
 
 Side by side, in one run:
-  1. matmul peak: best of a 2048^3 float32 `jnp.dot`;
+  1. matmul peak: the best of short 2048^3 float32 `jnp.dot`s at three
+     points of the run and of chained dots with the exact sums' FLOPs timed
+     in their rounds (the latter also printed on its own: long runs share
+     the cores with whatever else runs, as the exact sums do);
   2. exact Gaussian kernel sums of N random unit vectors (d=768) against
-     themselves: ours (`exact.kernel_sums`), the same tiles as one fused jit
-     (no pipelining), a blocked NumPy implementation, and scikit-learn's
-     KernelDensity (exact: atol=rtol=0) timed on a subset of queries and
-     extrapolated;
+     themselves: ours (`exact.kernel_sums` with the form `exact.choose_form`
+     picks on this host, printed with the calibration it measures), each of
+     its two forms forced ('pipelined', 'fused'), a blocked NumPy
+     implementation, all four timed in interleaved rounds (best and range
+     printed), and scikit-learn's KernelDensity (exact: atol=rtol=0) timed
+     on a subset of queries and extrapolated;
   3. the sketch's two passes (R=1000, B=20000) over N_sketch vectors made in
      chunks, in embeddings/s, at the default K hashes per row and at K = 1,
-     each against its matmul-bound rate peak / (2 d R K).
+     each against its matmul-bound rate peak / (2 d R K), then at the
+     default K where a pass's time goes: the hashing matmul alone, bucketing
+     (matmul, mixer, range reduction), pass 1 and pass 2 over the same rows
+     in interleaved rounds.
+The exact form is chosen once per host and tile shape and cached (see
+`exact.choose_form`); delete ~/.cache/data_efficient/exact_forms.json to
+measure it again.
 GFLOP/s count the distance matmuls only (2 N^2 d for exact sums, 2 N d R K
 per sketch pass). The last line is `RESULT key=value ...`.
 """
@@ -22,6 +33,7 @@ per sketch pass). The last line is `RESULT key=value ...`.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import jax
@@ -32,6 +44,20 @@ from data_efficient import sharding
 from data_efficient.stages.density import exact, kernels, sketch
 
 _D = 768
+
+
+def _interleaved_times(fns: dict, rounds: int) -> tuple[dict, dict]:
+  """({name: seconds of each of `rounds` runs}, {name: last output}) after
+  one warm-up of each fn, taken in turns so that load from other processes
+  hits them alike."""
+  outputs = {name: jax.block_until_ready(fn()) for name, fn in fns.items()}
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      outputs[name] = jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - start)
+  return times, outputs
 
 
 def _best_time(fn, repeats: int) -> tuple[float, object]:
@@ -52,13 +78,50 @@ def matmul_peak_gflops(repeats: int = 5) -> float:
   return 2 * 2048**3 / _best_time(lambda: dot(x, x), repeats)[0] / 1e9
 
 
-def hash_matmul_gflops(block: int, rows: int, repeats: int = 5) -> float:
-  """GFLOP/s of the hashing matmul: [d, rows], [block, d] -> [rows, block]
-  (rows = R K)."""
-  x = jax.random.normal(jax.random.key(1), (block, _D), jnp.float32)
-  a = jax.random.normal(jax.random.key(2), (_D, rows), jnp.float32)
-  dot = jax.jit(lambda a, x: jnp.einsum("dr,nd->rn", a, x))
-  return 2 * block * _D * rows / _best_time(lambda: dot(a, x), repeats)[0] / 1e9
+def sustained_matmul(flops: float):
+  """A function running chained 2048^3 float32 dots worth `flops` in one jit
+  (the exact sums' matmul work at the same scale, for the same rounds)."""
+  n_dots = max(1, round(flops / (2 * 2048**3)))
+  x = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
+  y = x / np.sqrt(2048)  # Keeps the chained products O(1).
+  run = jax.jit(
+    lambda x, y: jax.lax.fori_loop(0, n_dots, lambda _, c: c @ y, x)
+  )
+  return functools.partial(run, x, y), n_dots * 2 * 2048**3
+
+
+def sketch_breakdown(
+  mesh: jax.sharding.Mesh, s: sketch.RaceSketch, n: int, rounds: int
+) -> dict[str, float]:
+  """Where a pass's time goes: best emb/s over `rounds` interleaved runs of
+  the hashing matmul alone, bucketing (matmul, mixer, range reduction),
+  pass 1 and pass 2, each over the same n rows in blocks of
+  `sketch.DEFAULT_BLOCK`."""
+  block = sketch.DEFAULT_BLOCK
+  x = unit_vectors(n, 7)
+  projections, offsets, salts = sketch._scaled(s)
+  d, k, r = projections.shape
+
+  def scan_blocks(per_block):
+    # Sum of per_block over the blocks, so nothing is dead code.
+    def step(total, xb):
+      return total + jnp.sum(per_block(xb)), None
+
+    blocks = x.reshape(-1, block, d)
+    return jax.jit(lambda: jax.lax.scan(step, 0.0, blocks)[0])
+
+  fns = {
+    "matmul": scan_blocks(
+      lambda xb: jnp.einsum("dc,nd->cn", projections.reshape(d, k * r), xb)
+    ),
+    "bucketing": scan_blocks(
+      lambda xb: sketch._buckets(xb, projections, offsets, salts, s.buckets)
+    ),
+    "pass 1": lambda: sketch.add(s, x, mesh=mesh).counts,
+    "pass 2": lambda: sketch.scores(s, x, mesh=mesh),
+  }
+  times, _ = _interleaved_times(fns, rounds)
+  return {name: n / min(t) for name, t in times.items()}
 
 
 def unit_vectors(n: int, seed: int) -> jax.Array:
@@ -83,32 +146,6 @@ def numpy_kernel_sums(x: np.ndarray, h: float, block: int = 2048):
       np.exp(tile, out=tile)
       out[i : i + block] += tile.sum(axis=1)
   return out
-
-
-def fused_kernel_sums(x: jax.Array, h: float, query_block: int, key_block):
-  """Our tiles without the pipelining: matmul and exp-sum in one fusion."""
-
-  @jax.jit
-  def run(x):
-    sq = jnp.sum(x * x, axis=1)
-    keys = x.reshape(-1, key_block, _D)
-    key_sq = sq.reshape(-1, key_block)
-
-    def per_query_block(args):
-      q, q_sq = args
-
-      def step(acc, kv):
-        k, k_sq = kv
-        sqdist = jnp.maximum(q_sq[:, None] + k_sq[None, :] - 2 * q @ k.T, 0)
-        return acc + jnp.sum(jnp.exp(sqdist * (-0.5 / (h * h))), axis=1), None
-
-      acc, _ = jax.lax.scan(step, jnp.zeros_like(q_sq), (keys, key_sq))
-      return acc
-
-    queries = (x.reshape(-1, query_block, _D), sq.reshape(-1, query_block))
-    return jax.lax.map(per_query_block, queries).reshape(-1)
-
-  return run(x)
 
 
 def sklearn_queries_per_s(x: np.ndarray, h: float, n_queries: int) -> float:
@@ -179,10 +216,16 @@ def main():
   parser.add_argument("--sketch_n", type=int, default=1_000_000)
   parser.add_argument("--sketch_chunk", type=int, default=65536)
   parser.add_argument(
+    "--breakdown_n", type=int, default=16384, help="sketch breakdown rows"
+  )
+  parser.add_argument(
     "--query_block", type=int, default=exact.DEFAULT_QUERY_BLOCK
   )
   parser.add_argument("--key_block", type=int, default=exact.DEFAULT_KEY_BLOCK)
   parser.add_argument("--sklearn_queries", type=int, default=64)
+  parser.add_argument(
+    "--rounds", type=int, default=3, help="interleaved exact-sum rounds"
+  )
   parser.add_argument(
     "--quick", action="store_true", help="N=8192, sketch_n=131072"
   )
@@ -193,38 +236,46 @@ def main():
   print(f"devices: {jax.devices()}")
   mesh = sharding.make_mesh()
 
-  # Other processes may share the cores: the peak is the best of three
-  # measurements (each a best of 5) spread over the run.
+  # Other processes may share the cores: the peak is the best of several
+  # measurements spread over the run.
   peaks = [matmul_peak_gflops()]
 
   x = unit_vectors(n, 0)
   x_np = np.asarray(x)
   h = kernels.default_bandwidth(x_np, "gaussian")
   flops = 2.0 * n * n * _D
-  ours_s, ours = _best_time(
-    lambda: exact.kernel_sums(
-      x,
-      x,
-      "gaussian",
-      h,
-      mesh=mesh,
-      query_block=args.query_block,
-      key_block=args.key_block,
-    ),
-    repeats=3,
+  blocks = {"query_block": args.query_block, "key_block": args.key_block}
+  form = exact.choose_form(mesh, n, n, _D, **blocks)
+  tile = (min(args.query_block, n), min(args.key_block, n))
+  calibration = exact.measure_forms(mesh.local_devices[0], *tile, _D)
+
+  matmul, matmul_flops = sustained_matmul(flops)
+
+  def ours(form=None):
+    return exact.kernel_sums(
+      x, x, "gaussian", h, mesh=mesh, form=form, **blocks
+    )
+
+  times, outputs = _interleaved_times(
+    {
+      "ours": ours,
+      "pipelined": functools.partial(ours, "pipelined"),
+      "fused": functools.partial(ours, "fused"),
+      "numpy": functools.partial(numpy_kernel_sums, x_np, h),
+      "matmul": matmul,
+    },
+    rounds=args.rounds,
   )
+  times["matmul"] = [t * flops / matmul_flops for t in times.pop("matmul")]
+  outputs.pop("matmul")
+  best = {name: min(t) for name, t in times.items()}
+  gflops = {name: flops / t / 1e9 for name, t in best.items()}
+  peaks.append(gflops["matmul"])
   peaks.append(matmul_peak_gflops())
-  fused_s, _ = _best_time(
-    lambda: fused_kernel_sums(
-      x, h, min(args.query_block, n), min(args.key_block, n)
-    ),
-    repeats=1,
-  )
-  t0 = time.perf_counter()
-  np_sums = numpy_kernel_sums(x_np, h)
-  numpy_s = time.perf_counter() - t0
-  ours = np.asarray(ours)
-  max_rel = float(np.max(np.abs(ours - np_sums) / np_sums))
+  ours_s, numpy_s = best["ours"], best["numpy"]
+  sums = {name: np.asarray(out) for name, out in outputs.items()}
+  max_rel = float(np.max(np.abs(sums["ours"] - sums["numpy"]) / sums["numpy"]))
+  forms_equal = bool(np.array_equal(sums["pipelined"], sums["fused"]))
   skl_qps = sklearn_queries_per_s(x_np, h, args.sklearn_queries)
   sklearn_s = n / skl_qps
   rows, buckets = sketch.DEFAULT_ROWS, sketch.DEFAULT_BUCKETS
@@ -235,27 +286,45 @@ def main():
     )
     for hashes in (k, 1)
   }
-  hash_gflops = hash_matmul_gflops(sketch.DEFAULT_BLOCK, rows * k)
+  breakdown = sketch_breakdown(
+    mesh,
+    sketch.init(_D, passes[k][2], rows=rows, buckets=buckets, hashes_per_row=k),
+    args.breakdown_n,
+    rounds=3,
+  )
   peaks.append(matmul_peak_gflops())
   peak = max(peaks)
   print(
-    f"matmul peak (2048^3 jnp.dot): {peak:.1f} GFLOP/s (best of "
+    f"matmul peak (2048^3 float32): {peak:.1f} GFLOP/s (best of "
     f"{', '.join(f'{p:.0f}' for p in peaks)}, measured across the run)"
   )
+
+  def line(name, note):
+    runs = ", ".join(f"{flops / t / 1e9:.0f}" for t in times[name])
+    return (
+      f"  {name:9s} {best[name]:7.2f} s  {gflops[name]:6.1f} GFLOP/s "
+      f"({gflops[name] / peak:.0%} of peak; rounds {runs}) {note}\n"
+    )
+
   print(
     f"exact Gaussian sums, N={n}, d={_D}, h={h:.3f}, blocks "
-    f"{args.query_block}x{args.key_block}:\n"
-    f"  ours     {ours_s:8.2f} s  {flops / ours_s / 1e9:6.1f} GFLOP/s "
-    f"({flops / ours_s / 1e9 / peak:.0%} of peak)\n"
-    f"  fused    {fused_s:8.2f} s  {flops / fused_s / 1e9:6.1f} GFLOP/s "
-    "(same tiles, matmul fused into exp-sum)\n"
-    f"  numpy    {numpy_s:8.2f} s  {flops / numpy_s / 1e9:6.1f} GFLOP/s "
-    f"(max rel diff to ours {max_rel:.1e})\n"
-    f"  sklearn  {sklearn_s:8.1f} s  {flops / sklearn_s / 1e9:6.2f} GFLOP/s "
+    f"{args.query_block}x{args.key_block}, best of {args.rounds} "
+    "interleaved rounds:\n"
+    + line("ours", f"(form chosen here: {form})")
+    + line("pipelined", "(matmul of block j+1 beside exp-sum of block j)")
+    + line("fused", "(a tile's matmul and exp-sum in one step)")
+    + line("numpy", f"(max rel diff to ours {max_rel:.1e})")
+    + line("matmul", "(chained 2048^3 dots, the same FLOPs, same rounds)")
+    + f"  sklearn   {sklearn_s:7.1f} s  {flops / sklearn_s / 1e9:6.2f} GFLOP/s "
     f"(EXTRAPOLATED from {args.sklearn_queries} queries: "
     f"{skl_qps:.1f} queries/s)\n"
+    f"  calibration ({tile[0]}x{tile[1]} tiles, measured now): pipelined "
+    f"{calibration['pipelined']:.0f}, fused {calibration['fused']:.0f} "
+    f"GFLOP/s; the two forms' sums bit-identical: {forms_equal}\n"
     f"  ratios: ours/numpy {numpy_s / ours_s:.2f}x, ours/sklearn "
-    f"{sklearn_s / ours_s:.0f}x, ours/fused {fused_s / ours_s:.2f}x"
+    f"{sklearn_s / ours_s:.0f}x, ours/pipelined "
+    f"{best['pipelined'] / ours_s:.2f}x, ours/fused "
+    f"{best['fused'] / ours_s:.2f}x"
   )
   rates = {}
   for hashes, (t_add, t_score, w, used, mean_score) in passes.items():
@@ -272,14 +341,16 @@ def main():
       f"({score_rate / bound:.0%} of matmul-bound)"
     )
   add_rate, score_rate, bound = rates[k]
-  hash_bound = hash_gflops * 1e9 / (2.0 * _D * rows * k)
   print(
-    f"  the K={k} hashing matmul alone ([{_D}, {rows * k}]^T x "
-    f"[{sketch.DEFAULT_BLOCK}, {_D}]^T): {hash_gflops:.0f} GFLOP/s = "
-    f"{hash_bound:.0f} emb/s; passes at {add_rate / hash_bound:.0%} / "
-    f"{score_rate / hash_bound:.0%} of it; K={k} vs K=1: pass 1 "
-    f"{add_rate / rates[1][0]:.2f}x, pass 2 {score_rate / rates[1][1]:.2f}x "
-    "the rate"
+    f"  K={k} vs K=1: pass 1 {add_rate / rates[1][0]:.2f}x, pass 2 "
+    f"{score_rate / rates[1][1]:.2f}x the rate\n"
+    f"K={k} breakdown, {args.breakdown_n} rows in one call, best of 3 "
+    "interleaved rounds: "
+    + ", ".join(
+      f"{name} {rate:.0f} emb/s ({rate / bound:.0%})"
+      for name, rate in breakdown.items()
+    )
+    + " of the matmul bound"
   )
   print(
     "RESULT "
@@ -288,12 +359,21 @@ def main():
     f"exact_s={ours_s:.3f} "
     f"exact_gflops={flops / ours_s / 1e9:.1f} "
     f"exact_frac_peak={flops / ours_s / 1e9 / peak:.3f} "
-    f"fused_s={fused_s:.3f} "
+    f"exact_frac_sustained_matmul={gflops['ours'] / gflops['matmul']:.3f} "
+    f"sustained_matmul_gflops={gflops['matmul']:.1f} "
+    f"exact_form={form} "
+    f"pipelined_gflops={gflops['pipelined']:.1f} "
+    f"fused_gflops={gflops['fused']:.1f} "
+    f"numpy_gflops={gflops['numpy']:.1f} "
+    f"calibration_pipelined_gflops={calibration['pipelined']:.1f} "
+    f"calibration_fused_gflops={calibration['fused']:.1f} "
+    f"forms_bit_identical={forms_equal} "
     f"numpy_s={numpy_s:.3f} "
     f"sklearn_s_extrapolated={sklearn_s:.1f} "
     f"vs_numpy={numpy_s / ours_s:.2f} "
     f"vs_sklearn={sklearn_s / ours_s:.1f} "
-    f"vs_fused={fused_s / ours_s:.2f} "
+    f"vs_pipelined={best['pipelined'] / ours_s:.2f} "
+    f"vs_fused={best['fused'] / ours_s:.2f} "
     f"sketch_n={args.sketch_n} "
     f"hashes_per_row={k} "
     f"add_emb_per_s={add_rate:.0f} "
@@ -304,7 +384,8 @@ def main():
     f"k1_scores_emb_per_s={rates[1][1]:.0f} "
     f"k1_add_frac_bound={rates[1][0] / rates[1][2]:.3f} "
     f"k1_scores_frac_bound={rates[1][1] / rates[1][2]:.3f} "
-    f"hash_matmul_gflops={hash_gflops:.1f}"
+    f"hash_matmul_frac_bound={breakdown['matmul'] / bound:.3f} "
+    f"bucketing_frac_bound={breakdown['bucketing'] / bound:.3f}"
   )
 
 

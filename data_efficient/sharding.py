@@ -81,6 +81,11 @@ def rows_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.P(mesh.axis_names))
 
 
+def round_up(n: int, multiple: int) -> int:
+  """The smallest multiple of `multiple` that is at least `n`."""
+  return -(-n // multiple) * multiple
+
+
 def shard_rows(
   x: np.ndarray | jax.Array,
   mesh: jax.sharding.Mesh,
@@ -117,7 +122,7 @@ def shard_rows(
   xp = jnp if isinstance(x, jax.Array) else np
   x = xp.asarray(x, xp.float32)
   n = x.shape[0]
-  n_pad = -(-n // multiple) * multiple
+  n_pad = round_up(n, multiple)
   if n_pad > n:  # A copy of the whole array: only when it is needed.
     x = xp.pad(x, [(0, n_pad - n)] + [(0, 0)] * (x.ndim - 1))
   placement = replicated(mesh) if replicate else rows_sharding(mesh)

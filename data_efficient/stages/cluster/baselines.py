@@ -146,7 +146,7 @@ def max_earlier_similarity(x, mesh: jax.sharding.Mesh) -> np.ndarray:
     return np.zeros((0,), np.float32)
   n_pad = _next_pow2(max(n, 8))
   block = max(8, min(_MAX_BLOCK, _TILE_ELEMENTS // n_pad))
-  n_pad = -(-n_pad // (block * mesh.size)) * (block * mesh.size)
+  n_pad = sharding.round_up(n_pad, block * mesh.size)
   # n <= n_pad: padding to a multiple of n_pad gives exactly n_pad rows.
   cols = sharding.shard_rows(x, mesh, n_pad)
   col_blocks = jax.device_put(

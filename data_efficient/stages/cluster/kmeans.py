@@ -276,14 +276,10 @@ def _block_rows(clusters: int) -> int:
   return block // _ALIGN * _ALIGN
 
 
-def _round_up(n: int, multiple: int) -> int:
-  return -(-n // multiple) * multiple
-
-
 def _shard_batch(x: np.ndarray, mesh: jax.sharding.Mesh, block: int):
   """(sharded [n_pad, d] rows, sharded [n_pad] valid mask, block)."""
   n = x.shape[0]
-  block = min(block, _round_up(n, _ALIGN))
+  block = min(block, sharding.round_up(n, _ALIGN))
   xs = sharding.shard_rows(x, mesh, mesh.size * block)
   valid = jax.device_put(np.arange(xs.shape[0]) < n, xs.sharding)
   return xs, valid, block

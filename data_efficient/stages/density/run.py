@@ -233,6 +233,7 @@ def density_scores(
   progress: bool = True,
   checkpoint_dir: str | None = None,
   checkpoint_every: int = 0,
+  record: dict | None = None,
 ) -> Iterator[tuple[list[str], list, np.ndarray]]:
   """Yields (ids, problems, density) batches of `rows`, in order, from
   `start`.
@@ -253,6 +254,8 @@ def density_scores(
     checkpoint_dir: Sketch: where pass 1 saves and resumes this process's
       counts (see `build_sketch`); None disables checkpoints.
     checkpoint_every: Sketch: rows between pass-1 checkpoints.
+    record: Exact: gets 'exact_form', the `exact.FORMS` entry every batch
+      uses (chosen for a full batch on this host), for the manifest.
 
   Raises:
     ValueError: on NaN/inf embeddings, mixed widths or empty input.
@@ -285,6 +288,14 @@ def density_scores(
 
   else:
     _, keys = embeddings.read_embeddings(path)
+    n_keys, dim = keys.shape
+    form = exact.choose_form(mesh, min(batch_rows, n_keys), n_keys, dim)
+    if jax.process_count() > 1:  # Every process takes process 0's form.
+      vote = np.zeros(len(exact.FORMS), np.int32)
+      vote[exact.FORMS.index(form)] = jax.process_index() == 0
+      form = exact.FORMS[int(np.argmax(sharding.process_sum(vote)))]
+    if record is not None:
+      record["exact_form"] = form
 
     def score(vectors):
       return exact.kernel_sums(
@@ -294,6 +305,7 @@ def density_scores(
         config.bandwidth,
         hashes_per_row=config.hashes_per_row,
         mesh=mesh,
+        form=form,
       )
 
   done = 0
@@ -328,7 +340,9 @@ def density(config: configs.DensityConfig) -> dict:
   Joins the process group first (`config.processes`): every process then
   scores and writes its share of the rows (see the module docstring). The
   bandwidth is resolved first (the default rule on a seeded sample), so the
-  run config records the one used.
+  run config records the one used; the exact estimator's manifest also
+  records its form (`exact.choose_form`, process 0's), which is not part of
+  the run config: the forms give the same sums, so a resume may use either.
 
   Returns:
     The manifest (on process 0) or this process's row count.
@@ -349,6 +363,7 @@ def density(config: configs.DensityConfig) -> dict:
     where = sketch_checkpoint_dir(config.output, index, count)
 
   def write_rows(writer):
+    record = {}
     for ids, problems, values in density_scores(
       config.embeddings,
       config,
@@ -358,11 +373,13 @@ def density(config: configs.DensityConfig) -> dict:
       progress=config.progress,
       checkpoint_dir=where,
       checkpoint_every=config.checkpoint_every,
+      record=record,
     ):
       writer.write({"id": ids, "problem": problems, "density": values})
     return {
       "stage": "density",
       "embeddings_manifest": driver.input_manifest(config.embeddings),
+      **record,
     }
 
   return driver.reduce(

@@ -1,5 +1,7 @@
 """Tests for data_efficient.stages.density.exact."""
 
+import functools
+import json
 import math
 
 import jax
@@ -133,8 +135,9 @@ def test_gaussian_matches_scikit_learn_kernel_density(mesh):
   np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("form", exact.FORMS)
 @pytest.mark.parametrize("kernel", kernels.KERNELS)
-def test_same_result_on_one_and_eight_devices(kernel):
+def test_same_result_on_one_and_eight_devices(kernel, form):
   assert len(jax.devices()) == 8
   x = _data(1000, 16, seed=5)
   h = kernels.default_bandwidth(x, kernel)
@@ -142,11 +145,90 @@ def test_same_result_on_one_and_eight_devices(kernel):
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(devices=devices)
     sums = exact.kernel_sums(
-      x, x[:700], kernel, h, mesh=mesh, query_block=64, key_block=96
+      x, x[:700], kernel, h, mesh=mesh, query_block=64, key_block=96, form=form
     )
     assert sums.sharding.mesh.size == len(devices)
     results.append(np.asarray(sums))
   np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("kernel", kernels.KERNELS)
+def test_both_forms_give_the_same_sums(kernel, mesh):
+  x = _data(1003, 32, seed=8)
+  h = kernels.default_bandwidth(x, kernel, hashes_per_row=3)
+  pipelined, fused = (
+    np.asarray(
+      exact.kernel_sums(
+        x,
+        x,
+        kernel,
+        h,
+        hashes_per_row=3,
+        mesh=mesh,
+        query_block=64,
+        key_block=128,
+        form=form,
+      )
+    )
+    for form in ("pipelined", "fused")
+  )
+  # The same tiles added in the same order; only XLA's fusion differs.
+  np.testing.assert_allclose(fused, pipelined, rtol=1e-6)
+
+
+@pytest.fixture
+def fresh_form_cache(monkeypatch, tmp_path):
+  """No forced form, an empty on-disk cache in tmp_path, none in memory."""
+  monkeypatch.delenv(exact.FORM_ENV, raising=False)
+  monkeypatch.setenv(exact.CACHE_ENV, str(tmp_path))
+  monkeypatch.setattr(exact, "_forms", {})
+  return tmp_path / "exact_forms.json"
+
+
+def test_form_is_measured_once_per_host_and_tile(
+  fresh_form_cache, monkeypatch, mesh
+):
+  measured = []
+
+  def fake_measure(device, query_block, key_block, dim):
+    measured.append((query_block, key_block, dim))
+    # fused wins on the wider key tile, ties (< 5%) on the other.
+    return {"pipelined": 100.0, "fused": 120.0 if key_block > 1024 else 104.0}
+
+  monkeypatch.setattr(exact, "measure_forms", fake_measure)
+  choose = functools.partial(exact.choose_form, mesh, 9000, 5000, 8)
+  assert choose(key_block=2048) == "fused"
+  assert choose(key_block=2048) == "fused"  # in memory
+  monkeypatch.setattr(exact, "_forms", {})
+  assert choose(key_block=2048) == "fused"  # on disk
+  assert measured == [(4096, 2048, 8)]
+  assert choose() == "pipelined"  # a near tie keeps the pipelined form
+  assert choose(query_block=64) == "pipelined"  # small tiles: no measurement
+  assert measured == [(4096, 2048, 8), (4096, 1024, 8)]
+  [(key, entry)] = [
+    item
+    for item in json.loads(fresh_form_cache.read_text()).items()
+    if "x2048x" in item[0]
+  ]
+  assert jax.__version__ in key and mesh.devices.flat[0].platform in key
+  assert entry == {
+    "form": "fused",
+    "gflops": {"pipelined": 100.0, "fused": 120.0},
+  }
+
+
+def test_form_from_the_environment_and_a_real_measurement(
+  fresh_form_cache, monkeypatch, mesh
+):
+  rates = exact.measure_forms(mesh.devices.flat[0], 1024, 1024, 4)
+  assert sorted(rates) == sorted(exact.FORMS)
+  assert all(rate > 0 for rate in rates.values())
+  monkeypatch.setenv(exact.FORM_ENV, "fused")
+  assert exact.choose_form(mesh, 10, 10, 4) == "fused"
+  monkeypatch.setenv(exact.FORM_ENV, "fastest")
+  with pytest.raises(ValueError, match=exact.FORM_ENV):
+    exact.choose_form(mesh, 10, 10, 4)
+  assert not fresh_form_cache.exists()
 
 
 def test_model_axis_mesh_matches_data_only_mesh(mesh):
@@ -186,6 +268,7 @@ def test_empty_inputs(mesh):
     (np.ones((4, 3)), np.ones((4, 3)), {"query_block": 0}, "query_block"),
     (np.ones((4, 3)), np.ones((4, 3)), {"kernel": "box"}, "kernel"),
     (np.ones((4, 3)), np.ones((4, 3)), {"bandwidth": 0.0}, "bandwidth"),
+    (np.ones((4, 3)), np.ones((4, 3)), {"form": "fastest"}, "form"),
   ],
 )
 def test_bad_input_raises(queries, keys, kwargs, match, mesh):

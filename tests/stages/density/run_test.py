@@ -8,7 +8,7 @@ import pytest
 from data_efficient import sharding
 from data_efficient.io import results
 from data_efficient.stages import configs, sampling, select
-from data_efficient.stages.density import kernels, run
+from data_efficient.stages.density import exact, kernels, run
 
 
 def unit_vectors(n, d=16, seed=0):
@@ -45,6 +45,9 @@ def test_exact_gaussian_equals_a_naive_sum(tmp_path):
   )
   assert table.column("id").to_pylist() == [str(i) for i in range(300)]
   assert manifest["run_config"]["bandwidth"] == 0.5
+  # Recorded beside the run config, not in it: either form may resume.
+  assert manifest["exact_form"] in exact.FORMS
+  assert "exact_form" not in manifest["run_config"]
 
 
 def test_sketch_defaults_record_the_bandwidth_and_count_every_point(tmp_path):
