@@ -10,12 +10,51 @@ are). Used by the multi-process tests of every stage.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+
+_PREAMBLE = """
+import argparse
+_parser = argparse.ArgumentParser()
+for _flag in {flags!r}:
+  _parser.add_argument(_flag)
+_parser.add_argument("--coordinator_address")
+_parser.add_argument("--num_processes", type=int)
+_parser.add_argument("--process_id", type=int)
+a = _parser.parse_args()
+"""
+_JOIN = """
+from data_efficient import sharding
+sharding.initialize_distributed(
+    a.coordinator_address, a.num_processes, a.process_id)
+"""
+
+
+def job(body: str, *flags: str, join: bool = True) -> str:
+  """A program for `python -c` as one process of a `launch`ed job.
+
+  It parses its own `flags` (argparse names: "spec", "--output") and the
+  process flags `launch` adds into `a` (all strings but the two counts),
+  joins the job unless `join` is False (a stage that joins it itself, from
+  `a`), then runs `body`.
+  """
+  return _PREAMBLE.format(flags=flags) + (_JOIN if join else "") + body
+
+
+def results(outputs: Sequence[str]) -> list:
+  """The JSON after `RESULT ` on the lines of `outputs` that start so (a
+  job's way of returning values), in process order."""
+  return [
+    json.loads(line.split("RESULT ", 1)[1])
+    for output in outputs
+    for line in output.splitlines()
+    if line.startswith("RESULT ")
+  ]
 
 
 def free_port() -> int:

@@ -1,22 +1,12 @@
 """process_sum and process_gather in a real 2-process job (gloo on CPU)."""
 
-import json
-
 import local_job
 import numpy as np
 import pytest
 
-_JOB = """
-import argparse, json
+_JOB = local_job.job("""
+import json
 import numpy as np
-p = argparse.ArgumentParser()
-p.add_argument("--coordinator_address")
-p.add_argument("--num_processes", type=int)
-p.add_argument("--process_id", type=int)
-a = p.parse_args()
-from data_efficient import sharding
-sharding.initialize_distributed(
-    a.coordinator_address, a.num_processes, a.process_id)
 i = a.process_id
 counts = np.arange(6, dtype=np.int32).reshape(2, 3) * (i + 1)
 total = sharding.process_sum({"c": counts, "f": np.float32([i + 0.5])})
@@ -32,18 +22,13 @@ print("RESULT " + json.dumps({
     "c": total["c"].tolist(), "c_dtype": str(total["c"].dtype),
     "f": total["f"].tolist(), "gathered": gathered.tolist(), "wide": wide,
     "strings": strings}))
-"""
+""")
 
 
 @pytest.mark.slow
 def test_sum_and_gather_across_two_processes():
   outputs = local_job.run(["-c", _JOB], 2)
-  got = [
-    json.loads(line.split("RESULT ", 1)[1])
-    for output in outputs
-    for line in output.splitlines()
-    if line.startswith("RESULT ")
-  ]
+  got = local_job.results(outputs)
   assert len(got) == 2 and got[0] == got[1]  # every process gets the sums
   assert got[0]["strings"] == ["a", "", "\u00e9" * 3]
   want = (np.arange(6).reshape(2, 3) * 3).tolist()  # x 1 + x 2
@@ -61,18 +46,10 @@ def test_one_process_returns_its_own_arrays():
   np.testing.assert_array_equal(sharding.process_gather(x), x)
 
 
-_HELPERS_JOB = """
-import argparse, json
+_HELPERS_JOB = local_job.job("""
+import json
 import numpy as np
 import pyarrow as pa
-p = argparse.ArgumentParser()
-p.add_argument("--coordinator_address")
-p.add_argument("--num_processes", type=int)
-p.add_argument("--process_id", type=int)
-a = p.parse_args()
-from data_efficient import sharding
-sharding.initialize_distributed(
-    a.coordinator_address, a.num_processes, a.process_id)
 i = a.process_id
 exact = sharding.process_sum_exact([3_000_000_000 + i, 5, 0]).tolist()
 rows = {"key": np.float64([1 / 3, 0.1 + i][: 2 * i]),
@@ -89,18 +66,13 @@ for name in ("a block that fails on process 1", "one that does not"):
     failed.append(f"{type(e).__name__}: {e}")
 print("RESULT " + json.dumps({"exact": exact, "table": table,
                               "failed": failed}))
-"""
+""")
 
 
 @pytest.mark.slow
 def test_exact_sums_tables_and_failures_across_two_processes():
   outputs = local_job.run(["-c", _HELPERS_JOB], 2)
-  got = [
-    json.loads(line.split("RESULT ", 1)[1])
-    for output in outputs
-    for line in output.splitlines()
-    if line.startswith("RESULT ")
-  ]
+  got = local_job.results(outputs)
   assert got[0]["exact"] == got[1]["exact"] == [6_000_000_001, 10, 0]
   want = {"key": [1 / 3, 1.1], "id": ["x", "é" * 3000]}
   assert got[0]["table"] == got[1]["table"] == want

@@ -17,17 +17,9 @@ from data_efficient.stages import select
 # Runs each case of the JSON file argv[1] as one select of a 2-process job,
 # with tiny limits (many passes, gathers, buckets, runs and output shards);
 # prints one RESULT line per case and process.
-_JOB = """
-import argparse, json, os, sys
-p = argparse.ArgumentParser()
-p.add_argument("spec")
-p.add_argument("--coordinator_address")
-p.add_argument("--num_processes", type=int)
-p.add_argument("--process_id", type=int)
-a = p.parse_args()
-from data_efficient import sharding
-sharding.initialize_distributed(
-    a.coordinator_address, a.num_processes, a.process_id)
+_JOB = local_job.job(
+  """
+import json, os, sys
 sys.path[:0] = [TESTS, os.path.dirname(TESTS)]
 import select_multiprocess_test, select_test
 from data_efficient.stages import configs, select
@@ -46,7 +38,9 @@ for case in json.load(open(a.spec)):
     got = {"error": f"{type(e).__name__}: {e}"}
   line = {"case": case["name"], "process": a.process_id, **got}
   print("RESULT " + json.dumps(line), flush=True)
-"""
+""",
+  "spec",
+)
 _SHARD_ROWS = (4, 3)  # output rows per shard, ids per write
 
 CASES = {  # name -> (sampler, input kinds, settings)

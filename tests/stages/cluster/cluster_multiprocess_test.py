@@ -2,7 +2,6 @@
 rows of one process, the same initial sample, and a rerun after a SIGKILL."""
 
 import hashlib
-import json
 import re
 import signal
 import time
@@ -133,23 +132,16 @@ def test_two_processes_write_the_rows_of_one(runs, method):
   assert f"process 1: 200 rows -> {two}" in logs[-1]
 
 
-_SAMPLE_JOB = """
-import argparse, hashlib, json
-p = argparse.ArgumentParser()
-for flag in ("--embeddings", "--coordinator_address"):
-  p.add_argument(flag)
-p.add_argument("--num_processes", type=int)
-p.add_argument("--process_id", type=int)
-a = p.parse_args()
-from data_efficient import sharding
-sharding.initialize_distributed(
-    a.coordinator_address, a.num_processes, a.process_id)
+_SAMPLE_JOB = local_job.job(
+  """
+import hashlib, json
 from data_efficient.stages.cluster import kmeans
 ids, vectors = kmeans.sample_rows(a.embeddings, 300, seed=3, batch_rows=37)
-# (Little output: multiprocess.wait reads one process's pipe at a time.)
 x = hashlib.sha256(vectors.tobytes()).hexdigest()
 print("RESULT " + json.dumps({"ids": ids.tolist(), "x": x}))
-"""
+""",
+  "--embeddings",
+)
 
 
 @pytest.mark.slow
@@ -157,12 +149,7 @@ def test_every_process_gets_the_initial_sample_of_one(embedded):
   from data_efficient.stages.cluster import kmeans
 
   logs = local_job.run(["-c", _SAMPLE_JOB, "--embeddings", embedded], 2)
-  got = [
-    json.loads(line.split("RESULT ", 1)[1])
-    for log in logs
-    for line in log.splitlines()
-    if line.startswith("RESULT ")
-  ]
+  got = local_job.results(logs)
   ids, x = kmeans.sample_rows(embedded, 300, seed=3, batch_rows=64)
   # Repeated ids (equal keys) on both processes' shares are in the sample.
   assert len(set(ids)) < len(ids)

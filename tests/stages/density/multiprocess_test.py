@@ -67,15 +67,10 @@ def cli(src, out, *flags):
 
 # Runs the stage as one process of a job, then rebuilds pass 1 from its
 # (complete) checkpoint to save the counts summed over the processes.
-_SKETCH_JOB = """
-import argparse, json
+_SKETCH_JOB = local_job.job(
+  """
+import json
 import numpy as np
-p = argparse.ArgumentParser()
-for flag in ("--embeddings", "--output", "--settings", "--coordinator_address"):
-  p.add_argument(flag)
-p.add_argument("--num_processes", type=int)
-p.add_argument("--process_id", type=int)
-a = p.parse_args()
 import jax
 from data_efficient import sharding
 from data_efficient.stages import configs
@@ -93,7 +88,12 @@ state = run.build_sketch(
     sharding.local_mesh(), config.batch_rows,
     checkpoint_dir=run.sketch_checkpoint_dir(a.output, i, n))
 np.save(f"{a.output}.counts-{i}.npy", np.asarray(state.counts))
-"""
+""",
+  "--embeddings",
+  "--output",
+  "--settings",
+  join=False,
+)
 
 
 @pytest.mark.slow
@@ -106,12 +106,7 @@ def test_two_processes_write_the_sketch_rows_and_counts_of_one(tmp_path):
   two = tmp_path / "two"
   job = ["-c", _SKETCH_JOB, "--embeddings", src, "--output", str(two)]
   outputs = local_job.run([*job, "--settings", json.dumps(SKETCH)], 2)
-  returned = [
-    json.loads(line.split("RESULT ", 1)[1])
-    for output in outputs
-    for line in output.splitlines()
-    if line.startswith("RESULT ")
-  ]
+  returned = local_job.results(outputs)
   assert returned[1] == {"process_index": 1, "rows": 150}
   assert returned[0]["process_count"] == 2
   # Every process resolved the bandwidth of the 1-process run.
