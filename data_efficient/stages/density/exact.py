@@ -62,6 +62,7 @@ import jaxlib
 import numpy as np
 
 from data_efficient import sharding
+from data_efficient.io import paths
 from data_efficient.stages.density import kernels
 
 DEFAULT_QUERY_BLOCK = 4096
@@ -256,9 +257,10 @@ def _write_cache(key: str, entry: dict) -> None:
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     cache = _read_cache() | {key: entry}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    text = json.dumps(cache, indent=1, sort_keys=True).encode()
+    # Processes of one host may write at once: each through its own temp.
+    with paths.atomic_write(path, tmp_suffix=f".{os.getpid()}.tmp") as f:
+      f.write(text)
   except OSError:
     pass
 
