@@ -292,20 +292,27 @@ _HOSTILE = {
 
 
 def _damaged(filename) -> bytes:
-  """40 compressed lines, cut (or overwritten, for .json.zst) mid-file."""
+  """40 compressed lines, cut (or overwritten, for .json.zst) halfway."""
   data = _jsonl(*({"text": f"{i} {os.urandom(2000).hex()}"} for i in range(40)))
   if filename.endswith(".gz"):
     full = gzip.compress(data)
+    half = len(full) // 2
   else:  # Several frames, as streaming writers make: one per 2 lines.
     compressor = zstandard.ZstdCompressor()
     lines = data.splitlines(keepends=True)
-    full = b"".join(
+    frames = [
       compressor.compress(b"".join(lines[i : i + 2]))
       for i in range(0, len(lines), 2)
-    )
-  half = len(full) // 2
-  if filename.endswith(".json.zst"):
-    return full[:half] + b"\xff" * 64 + full[half + 64 :]
+    ]
+    full = b"".join(frames)
+    half = sum(map(len, frames[:10]))
+    if filename.endswith(".json.zst"):
+      # Over the 11th frame's header: these frames have no checksum, so
+      # damage inside their data would go unseen.
+      return full[:half] + b"\xff" * 64 + full[half + 64 :]
+    # Inside the 11th frame: a cut between two frames leaves a valid,
+    # shorter file.
+    half += len(frames[10]) // 2
   return full[:half]
 
 
