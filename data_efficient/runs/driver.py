@@ -267,6 +267,12 @@ def reduce(
     rows_per_shard=rows_per_shard,
     run_config=run_config,
   )
+  if writer.rows_done:
+    print(
+      f"[process {index}] resuming after {writer.rows_done} rows already "
+      "written.",
+      file=sys.stderr,
+    )
   t0 = time.perf_counter()
   manifest = dict(write_rows(writer))
   rows = writer.close()

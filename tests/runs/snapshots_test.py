@@ -1,5 +1,6 @@
 """Tests of `checkpointing` and of resuming the sketch's pass 1 and k-means
-from it, in process and after a real SIGKILL."""
+from it, in process and after a real SIGKILL; and of a density run killed
+in pass 2."""
 
 import os
 import shutil
@@ -232,6 +233,42 @@ def test_density_killed_in_sketch_pass_1_resumes_to_identical_output(
   a = results.read_results(tmp_path / "whole")
   b = results.read_results(out)
   assert a.equals(b)
+
+
+@pytest.mark.slow
+def test_density_killed_in_sketch_pass_2_resumes_to_identical_output(
+  tmp_path,
+):
+  n, batch = 120_000, 4096
+  x = np.random.default_rng(2).normal(size=(n, 64)).astype(np.float32)
+  path = str(tmp_path / "x.npy")
+  np.save(path, x)
+
+  def command(out):
+    return cli_command(
+      "density", "--embeddings", path, "--output", str(out),
+      "--rows", "1000", "--buckets", "1024", "--bandwidth", "4",
+      "--batch_rows", str(batch), "--checkpoint_every", "40960",
+    )  # fmt: skip
+
+  def shards(d):
+    return sorted(p for p in os.listdir(d) if p.endswith(".parquet"))
+
+  run_to_end(command(tmp_path / "whole"))
+  out = tmp_path / "killed"
+  assert kill_when(
+    command(out), lambda: out.is_dir() and len(shards(out)) >= 3, timeout=300
+  )
+  written = len(shards(out))
+  assert 3 <= written < n // batch + 1 and not (out / results.MANIFEST).exists()
+  log = run_to_end(command(out))
+  # Pass 1 comes back whole from its last checkpoint; pass 2 writes only the
+  # shards that are missing.
+  assert f"resuming sketch pass 1 after {n} rows" in log
+  assert f"resuming after {written * batch} rows already written" in log
+  assert shards(out) == shards(tmp_path / "whole")
+  for name in shards(out):
+    assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
 
 
 @pytest.mark.slow
