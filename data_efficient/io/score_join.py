@@ -8,19 +8,21 @@ pass:
 - one directory: its record batches, as they are;
 - several: `deal` first writes every directory's rows into buckets by a
   hash of the id (Arrow IPC files in a scratch directory; the number of
-  buckets grows with the rows, so that one holds about `bucket_rows`), and
-  each pass then reads one bucket of every input at a time and joins it by
-  sorting on id. Memory is one bucket per input, whatever the number of
-  rows or the length of the ids.
+  buckets grows with the rows, so that one holds about `bucket_rows`); the
+  first pass then reads one bucket of every input at a time, joins it by
+  sorting on id and writes the joined bucket back as one file, which later
+  passes read instead. Memory is one bucket per input, whatever the number
+  of rows or the length of the ids.
 
 In a multi-process job every process deals its share of each directory's
 rows (`results.share`), into files of its own, and then streams its share of
-the buckets, reading what every process dealt into them; so each row is
-read once per pass, by one process, and the scratch directory must be
-shared (a gs:// URL or a shared file system). With one input each process
-streams its share of the rows. The problems are the first input's. An id
-scored by one input and not by another, or scored twice, is an error naming
-it.
+the buckets, reading on the first pass what every process dealt into them
+(a file per input and process), on later ones the bucket's joined file; so
+each row is read once per pass, by one process, and the scratch directory
+must be shared (a gs:// URL or a shared file system). With one input each
+process streams its share of the rows. The problems are the first input's.
+An id scored by one input and not by another, or scored twice, is an error
+naming it.
 """
 
 from __future__ import annotations
@@ -123,11 +125,22 @@ class JoinedScores:
         )
       return
     for bucket in results.share(self._buckets, self._index, self._count):
-      yield self._join(bucket)
+      table = self._joined(bucket)
+      yield Rows(
+        table.column(0).combine_chunks(),
+        table.column(1).combine_chunks(),
+        {
+          s.kind: _values(table.column(2 + i))
+          for i, s in enumerate(self.sources)
+        },
+      )
 
   def _path(self, source: int, bucket: int, process: int) -> str:
     name = f"{source}-{bucket:06d}-{process:05d}.arrow"
     return paths.join(self._scratch, name)
+
+  def _joined_path(self, bucket: int) -> str:
+    return paths.join(self._scratch, f"joined-{bucket:06d}.arrow")
 
   def deal(self) -> None:
     """Writes this process's share of every input's rows to the buckets of
@@ -183,7 +196,21 @@ class JoinedScores:
     table = pa.concat_tables(parts)
     return table.take(pc.sort_indices(table, [("id", "ascending")]))
 
-  def _join(self, bucket: int) -> Rows:
+  def _joined(self, bucket: int) -> pa.Table:
+    """`bucket`'s rows joined (id, problem, one value column per input):
+    joined from the dealt files and saved on the first pass, read back from
+    that one file on later passes."""
+    path = self._joined_path(bucket)
+    if paths.exists(path):
+      with paths.open_file(path) as f:
+        return pa.ipc.open_stream(f).read_all()
+    table = self._join(bucket)
+    with paths.atomic_write(path) as f:
+      with pa.ipc.new_stream(f, table.schema) as writer:
+        writer.write_table(table)
+    return table
+
+  def _join(self, bucket: int) -> pa.Table:
     tables = [self._read(i, bucket) for i in range(len(self.sources))]
     base, ids = self.sources[0], tables[0].column(0)
     for source, table in zip(self.sources[1:], tables[1:], strict=True):
@@ -205,13 +232,9 @@ class JoinedScores:
           f"{only[0].as_py()!r} is in {where[0]} but not in {where[1]}; "
           "they come from different corpora or runs."
         )
-    return Rows(
-      ids.combine_chunks(),
-      tables[0].column(1).combine_chunks(),
-      {
-        s.kind: _values(t.column(2))
-        for s, t in zip(self.sources, tables, strict=True)
-      },
+    return pa.table(
+      [ids, tables[0].column(1), *(t.column(2) for t in tables)],
+      names=["id", "problem", *(f"value{i}" for i in range(len(tables)))],
     )
 
 

@@ -432,3 +432,47 @@ def test_a_repeated_id_marked_duplicate_joins_copy_by_copy(tmp_path):
   other = write_dir(tmp_path / "o", "density", "density", IDS, DENSITY)
   with pytest.raises(ValueError, match="'d3' a different number of times"):
     run_select(tmp_path / "bad", [q, other], "askllm-then-ips", k=1)
+
+
+def test_later_passes_read_one_joined_file_per_bucket(tmp_path, monkeypatch):
+  ids = [f"https://example.com/{i:04d}" for i in range(500)]
+  rng = np.random.default_rng(3)
+  quality = rng.random(500)
+  quality[::7] = np.nan  # unscored rows travel as NaN
+  problems = [None] * 499 + ["too_short"]
+  q = write_dir(tmp_path / "q", "score", "p_yes", ids, quality, problems,
+                rows_per_shard=64)  # fmt: skip
+  d = write_dir(tmp_path / "d", "density", "density", ids[::-1],
+                rng.random(500) + 0.5, problems[::-1])  # fmt: skip
+  sources = [scores_lib.open_scores(p) for p in (q, d)]
+  joined = score_join.JoinedScores(
+    sources, str(tmp_path / "scratch"), bucket_rows=100, batch_rows=50
+  )
+  joined.deal()
+  opened = []
+  original = score_join.paths.open_file
+  monkeypatch.setattr(
+    score_join.paths,
+    "open_file",
+    lambda path, *a: (
+      opened.append(os.path.basename(path)) or original(path, *a)
+    ),
+  )
+  passes = []
+  for _ in range(3):
+    opened.clear()
+    passes.append(list(joined))
+    assert len(passes[-1]) == 5  # buckets
+    if len(passes) == 1:  # every input's dealt file of every bucket
+      assert len(opened) == 2 * 5 and not any("joined" in f for f in opened)
+    else:
+      assert sorted(opened) == [f"joined-{b:06d}.arrow" for b in range(5)]
+  assert sum(np.isnan(r.values["quality"]).sum() for r in passes[-1]) == 72
+  for first, later in zip(passes[0], passes[-1], strict=True):
+    assert first.ids.equals(later.ids)
+    assert first.problems.equals(later.problems)
+    assert first.values.keys() == later.values.keys() == {"quality", "density"}
+    for kind, values in first.values.items():
+      np.testing.assert_array_equal(values, later.values[kind])
+  got = sorted(i for rows in passes[-1] for i in rows.ids.to_pylist())
+  assert got == sorted(ids)
