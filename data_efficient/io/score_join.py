@@ -27,7 +27,6 @@ naming it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,11 +35,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_efficient.io import paths, results
+from data_efficient.io import dealing, paths, results
 from data_efficient.io import scores as scores_lib
 
-# Bucket files open at once while dealing (each input is read once per group).
-_OPEN_BUCKETS = 256
 # What a bucket file holds of an input: its rows' id, problem and score.
 _BUCKET = pa.schema(
   [("id", pa.string()), ("problem", pa.string()), ("value", pa.float64())]
@@ -151,37 +148,24 @@ class JoinedScores:
     paths.makedirs(self._scratch)
     for i, source in enumerate(self.sources):
       share = results.share(source.num_rows, self._index, self._count)
-      for first in range(0, self._buckets, _OPEN_BUCKETS):
-        last = min(self._buckets, first + _OPEN_BUCKETS)
-        with contextlib.ExitStack() as files:
-          writers = [
-            files.enter_context(
-              pa.ipc.new_stream(
-                files.enter_context(
-                  paths.atomic_write(self._path(i, b, self._index))
-                ),
-                _BUCKET,
-              )
-            )
-            for b in range(first, last)
-          ]
-          for batch in source.batches(self._batch_rows, share):
-            batch = pa.RecordBatch.from_arrays(
-              [
-                c.cast(f.type)
-                for c, f in zip(batch.columns, _BUCKET, strict=True)
-              ],
-              schema=_BUCKET,
-            )
-            bucket = _bucket_of(batch.column(0), self._buckets)
-            order = np.argsort(bucket, kind="stable")
-            bucket, batch = bucket[order], batch.take(order)
-            bounds = np.searchsorted(bucket, np.arange(first, last + 1))
-            for writer, lo, hi in zip(
-              writers, bounds[:-1], bounds[1:], strict=True
-            ):
-              if hi > lo:
-                writer.write_batch(batch.slice(lo, hi - lo))
+
+      def batches(source=source, share=share):
+        for batch in source.batches(self._batch_rows, share):
+          batch = pa.RecordBatch.from_arrays(
+            [
+              c.cast(f.type)
+              for c, f in zip(batch.columns, _BUCKET, strict=True)
+            ],
+            schema=_BUCKET,
+          )
+          yield batch, _bucket_of(batch.column(0), self._buckets)
+
+      dealing.deal(
+        batches,
+        _BUCKET,
+        self._buckets,
+        lambda b, i=i: self._path(i, b, self._index),
+      )
 
   def _read(self, source: int, bucket: int) -> pa.Table:
     """One input's rows of `bucket`, sorted by id (stable, and dealt in
@@ -189,11 +173,10 @@ class JoinedScores:
     repeated id keep their stream order, so the n-th copy in one input
     joins the n-th in another, as a corpus with a repeated id (marked
     `duplicate_id`) scores them)."""
-    parts = []
-    for process in range(self._count):
-      with paths.open_file(self._path(source, bucket, process)) as f:
-        parts.append(pa.ipc.open_stream(f).read_all())
-    table = pa.concat_tables(parts)
+    table = pa.concat_tables(
+      dealing.read(self._path(source, bucket, process))
+      for process in range(self._count)
+    )
     return table.take(pc.sort_indices(table, [("id", "ascending")]))
 
   def _joined(self, bucket: int) -> pa.Table:
@@ -202,8 +185,7 @@ class JoinedScores:
     that one file on later passes."""
     path = self._joined_path(bucket)
     if paths.exists(path):
-      with paths.open_file(path) as f:
-        return pa.ipc.open_stream(f).read_all()
+      return dealing.read(path)
     table = self._join(bucket)
     with paths.atomic_write(path) as f:
       with pa.ipc.new_stream(f, table.schema) as writer:

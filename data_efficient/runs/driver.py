@@ -22,7 +22,9 @@ Long reductions also snapshot their state (`runs.snapshots`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import jax
 
 from data_efficient import sharding
-from data_efficient.io import results
+from data_efficient.io import paths, results
 
 if TYPE_CHECKING:
   from data_efficient.io import corpus as corpus_lib
@@ -289,3 +291,26 @@ def reduce(
 def input_manifest(path: str) -> dict[str, Any] | None:
   """The manifest of an input directory (None for a plain `.npy` file)."""
   return None if path.endswith(".npy") else results.read_manifest(path)
+
+
+def scratch_path(output_dir: str) -> str:
+  """`output_dir` + '.scratch': beside it, on the same (shared) storage."""
+  if paths.is_remote(output_dir):
+    return output_dir.rstrip("/") + ".scratch"
+  return os.path.normpath(output_dir) + ".scratch"
+
+
+@contextlib.contextmanager
+def scratch(path: str, stage: str) -> Iterator[None]:
+  """A job's scratch directory for `stage`: process 0 clears it (a killed
+  run's is stale) before any process writes there, and removes it at the
+  end."""
+  first = jax.process_index() == 0
+  with sharding.all_or_none(f"clearing {stage}'s scratch directory"):
+    if first:
+      paths.rmtree(path)
+  try:
+    yield
+  finally:
+    if first:
+      paths.rmtree(path)

@@ -46,11 +46,9 @@ scratch is cleared first, so a killed run's cannot mix in.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import heapq
 import itertools
-import os
 from collections.abc import Iterator, Mapping, Sequence
 
 import jax
@@ -285,28 +283,6 @@ def selection_manifest(
   }
 
 
-def _scratch_path(output: str) -> str:
-  """`output` + '.scratch': beside it, on the same (shared) storage."""
-  if paths.is_remote(output):
-    return output.rstrip("/") + ".scratch"
-  return os.path.normpath(output) + ".scratch"
-
-
-@contextlib.contextmanager
-def _scratch(path: str) -> Iterator[None]:
-  """The job's scratch directory: process 0 clears it (a killed run's is
-  stale) before any process writes there, and removes it at the end."""
-  first = jax.process_index() == 0
-  with sharding.all_or_none("clearing select's scratch directory"):
-    if first:
-      paths.rmtree(path)
-  try:
-    yield
-  finally:
-    if first:
-      paths.rmtree(path)
-
-
 def _write_kept(
   writer,
   kept: sorted_runs.SortedRuns,
@@ -370,11 +346,11 @@ def select(config: configs.SelectConfig) -> dict:
     return manifest
   index, count = jax.process_index(), jax.process_count()
   # Scratch beside the output: a request refused below leaves no output.
-  scratch = _scratch_path(config.output)
+  scratch = driver.scratch_path(config.output)
   joined = score_join.JoinedScores(
     sources, scratch, process_index=index, process_count=count
   )
-  with _scratch(scratch):
+  with driver.scratch(scratch, "select"):
     with sharding.all_or_none("select's dealing of rows by id hash"):
       joined.deal()
     counts = _counts(joined, plan)
