@@ -1,6 +1,6 @@
 """Every stage on gs://, against a local Cloud Storage emulator: the
-pipeline score -> embed -> density -> select -> report with every path a
-gs:// URL, and a SIGKILL of `score` writing to gs:// resumed."""
+pipeline score -> embed -> density, cluster -> select -> report with every
+path a gs:// URL, and a SIGKILL of `score` writing to gs:// resumed."""
 
 import json
 import signal
@@ -13,7 +13,14 @@ from text_fixtures import synthetic_texts
 
 from data_efficient import report
 from data_efficient.io import paths, results
-from data_efficient.stages import askllm, configs, density, embed, select
+from data_efficient.stages import (
+  askllm,
+  cluster,
+  configs,
+  density,
+  embed,
+  select,
+)
 
 
 def _pipeline(root, corpus, vocab_path):
@@ -40,6 +47,17 @@ def _pipeline(root, corpus, vocab_path):
       output=paths.join(root, "d"),
       rows=32,
       buckets=256,
+      progress=False,
+    )
+  )
+  # SemDeDup in groups of whole clusters, dealt on `c.scratch` beside it.
+  cluster.cluster(
+    configs.ClusterConfig(
+      method="semdedup",
+      kmeans=configs.KMeansConfig(clusters=4, iterations=2),
+      embeddings=paths.join(root, "e"),
+      output=paths.join(root, "c"),
+      group_rows=16,
       progress=False,
     )
   )
@@ -86,17 +104,20 @@ def test_pipeline_on_gcs_writes_what_it_writes_locally(
   paths.write_bytes(paths.join(gcs_dir, "corpus.jsonl"), data)
   _pipeline(str(tmp_path / "out"), str(tmp_path / "corpus.jsonl"), vocab_path)
   _pipeline(gcs_dir, paths.join(gcs_dir, "corpus.jsonl"), vocab_path)
-  for stage in ("q", "e", "d", "s"):
+  for stage in ("q", "e", "d", "c", "s"):
     assert paths.exists(paths.join(gcs_dir, stage, results.MANIFEST)), stage
     assert _shards(gcs_dir, stage) == _shards(str(tmp_path / "out"), stage)
+  for scratch in ("c.scratch", "s.scratch"):
+    assert not paths.exists(paths.join(gcs_dir, scratch))
   chosen = results.read_results(paths.join(gcs_dir, "s")).column("id")
   assert 0 < len(chosen) < 48
   page = paths.read_bytes(paths.join(gcs_dir, "report.html")).decode()
   assert page.startswith("<!DOCTYPE html>") or "<html" in page
   # A rerun finds every stage complete and rewrites nothing.
-  before = {s: _shards(gcs_dir, s) for s in ("q", "e", "d", "s")}
+  stages = ("q", "e", "d", "c", "s")
+  before = {s: _shards(gcs_dir, s) for s in stages}
   _pipeline(gcs_dir, paths.join(gcs_dir, "corpus.jsonl"), vocab_path)
-  assert {s: _shards(gcs_dir, s) for s in ("q", "e", "d", "s")} == before
+  assert {s: _shards(gcs_dir, s) for s in stages} == before
 
 
 def _score(corpus, out, vocab_path):

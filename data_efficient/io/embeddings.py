@@ -106,6 +106,25 @@ def read_embeddings(path: str) -> tuple[list[str], np.ndarray]:
   return ids, np.concatenate(parts)
 
 
+def stored_dtype(path: str) -> np.dtype:
+  """float16 where `path` stores its embeddings as float16 (an embed
+  directory's first shard, or a `.npy` matrix), else float32: the narrowest
+  dtype that holds what `iter_embeddings` yields from it exactly."""
+  if path.endswith(".npy"):
+    dtype = _load_npy(path).dtype
+  else:
+    import pyarrow.parquet as pq
+
+    manifest = results.read_manifest(path)
+    if not manifest["shards"]:
+      return np.dtype(np.float32)
+    first = paths.join(path, manifest["shards"][0]["file"])
+    with paths.open_file(first) as f:
+      column = pq.read_schema(f).field(EMBEDDING_COLUMN)
+    dtype = np.dtype(column.type.value_type.to_pandas_dtype())
+  return np.dtype(np.float16 if dtype == np.float16 else np.float32)
+
+
 def share(path: str, process_index: int, process_count: int) -> range:
   """This process's rows of `path` (`results.share` of its row count)."""
   return results.share(num_rows(path), process_index, process_count)

@@ -455,8 +455,8 @@ class ClusterConfig(EmbeddingsStageConfig):
   )
   group_rows: int = setting(
     2_000_000,
-    "semdedup: most embeddings held in memory at once (whole clusters; one "
-    "pass over the input per group).",
+    "semdedup: most embeddings held in memory at once (a group of whole "
+    "clusters, dealt to its own file beside the output first).",
   )
   checkpoint_every: int = setting(
     1, "Iterations between k-means checkpoints (0: only the last)."

@@ -27,20 +27,22 @@ removing the most prototypical.
 Memory, and many processes. Each process holds the cluster, distance and
 SemDeDup score of the rows of its share (`embeddings.share`) on the host,
 12 bytes per row (all N rows in one process), and writes those rows.
-SemDeDup gathers the embeddings of a group of whole clusters at a time (at
-most `group_rows` rows, from one pass over the rows they span) and compares
-each cluster's members on the process's devices, column blocks of the
-similarity matrix split over them. The groups are dealt to the processes in
-turn (group g to process g % P): in each round the members' (row, cluster,
-distance) of the round's groups are exchanged (`sharding.process_gather`,
-12 bytes per member) and each process scores its group; scores of rows in
-other processes' shares wait as (row, score) pairs (8 bytes each, about
-N/P rows) and go back at the end, one `sharding.process_sum` per share of a
-share-sized int32 vector (the scores' bit patterns: exact). At C4's
-3.65e8 rows on 64 hosts that is 68 MB of per-row state per host (5.7M
-rows), up to 45 MB of such pairs and a 23 MB exchange buffer (copied to
-each local device), besides a group's embeddings (`group_rows` x d x 4
-bytes, 6.1 GB at the default 2M rows and d = 768, as in one process).
+SemDeDup compares the members of a group of whole clusters at a time (at
+most `group_rows` rows), on the process's devices, column blocks of the
+similarity matrix split over them. A cluster's members are spread over the
+whole input, so each process first deals its share, in one pass, into a
+file per group (`io.dealing`: row, cluster, distance, id and embedding, in
+the input's float16 or float32, about the input's size in all, on the job's
+shared scratch directory beside the output). The groups go to the processes in turn
+(group g to process g % P), and each reads its groups' files, of every
+process: every embedding is read twice and written once, whatever the
+number of groups. Scores of rows in other processes' shares wait as (row,
+score) pairs (8 bytes each, about N/P rows) and go back at the end, one
+`sharding.process_sum` per share of a share-sized int32 vector (the
+scores' bit patterns: exact). At C4's 3.65e8 rows on 64 hosts that is 68
+MB of per-row state per host (5.7M rows) and up to 45 MB of such pairs,
+besides a group's members (`group_rows` x (d x 4 bytes + id), over 6.1 GB
+at the default 2M rows and d = 768, as in one process).
 """
 
 from __future__ import annotations
@@ -48,15 +50,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pyarrow as pa
 
 from data_efficient import sharding
-from data_efficient.io import embeddings, paths
+from data_efficient.io import dealing, embeddings, paths
 from data_efficient.io import scores as scores_lib
 from data_efficient.runs import driver
 from data_efficient.stages import configs
@@ -178,6 +182,20 @@ def cluster_groups(sizes: np.ndarray, group_rows: int) -> list[np.ndarray]:
   return groups
 
 
+def _member_schema(dtype: np.dtype) -> pa.Schema:
+  """A dealt member of a cluster group: its row in the input, cluster,
+  distance to the centroid, id and embedding (in `dtype`, as stored)."""
+  return pa.schema(
+    [
+      ("row", pa.int32()),
+      ("cluster", pa.int32()),
+      ("distance", pa.float32()),
+      ("id", pa.string()),
+      ("vector", pa.list_(pa.from_numpy_dtype(dtype))),
+    ]
+  )
+
+
 def semdedup_similarities(
   path: str,
   clusters: np.ndarray,
@@ -185,6 +203,7 @@ def semdedup_similarities(
   num_clusters: int,
   mesh: jax.sharding.Mesh,
   *,
+  scratch: str | None = None,
   batch_rows: int = 65_536,
   group_rows: int = DEFAULT_GROUP_ROWS,
   progress: bool = False,
@@ -193,12 +212,12 @@ def semdedup_similarities(
 
   In a multi-process job every process calls it with the clusters and
   distances of its share of the rows (`embeddings.share`) and gets its
-  share's scores. The groups of whole clusters are dealt to the processes
-  in turn (group g to process g % P): in each round the processes exchange
-  the (row, cluster, distance) of that round's members, each reads the
-  embeddings of its group's members and scores them on its own devices,
-  and at the end the scores go back to the processes whose shares hold
-  their rows.
+  share's scores. Each process first deals its share's rows (with their
+  cluster, distance, id and embedding) into a file per group of whole
+  clusters, on `scratch`; the groups go to the processes in turn (group g to
+  process g % P), each reads its group's files, of every process, and
+  scores the members on its own devices, and at the end the scores go back
+  to the processes whose shares hold their rows.
 
   Args:
     path: The embeddings that were clustered.
@@ -207,16 +226,19 @@ def semdedup_similarities(
     distances: [n] distance of each such row to its centroid.
     num_clusters: k.
     mesh: This process's devices, for the within-cluster similarities.
+    scratch: A directory for the dealt groups, shared by the processes (a
+      gs:// URL or a shared file system); cleared first and removed at the
+      end. None: a local temporary directory (one process only).
     batch_rows: Rows read per batch.
-    group_rows: Most embeddings held at once (one input pass per group).
-    progress: Print one line per group to stderr.
+    group_rows: Most embeddings held at once.
+    progress: Print the dealing and one line per group to stderr.
 
   Returns:
     [n] float32 scores of this process's share, in input order.
 
   Raises:
-    ValueError: if the arrays do not match this process's share, or there
-      are 2^31 rows or more.
+    ValueError: if the arrays do not match this process's share, there are
+      2^31 rows or more, or several processes have no shared scratch.
   """
   index, count = jax.process_index(), jax.process_count()
   share = embeddings.share(path, index, count)
@@ -229,81 +251,115 @@ def semdedup_similarities(
     )
   if embeddings.num_rows(path) >= 2**31:
     raise ValueError(f"{path}: 2^31 rows or more; rows are int32 here.")
+  if scratch is None:
+    if count > 1:
+      raise ValueError(
+        "semdedup_similarities: give the processes a shared scratch directory."
+      )
+    with tempfile.TemporaryDirectory(prefix="semdedup-") as local:
+      return semdedup_similarities(
+        path,
+        clusters,
+        distances,
+        num_clusters,
+        mesh,
+        scratch=local,
+        batch_rows=batch_rows,
+        group_rows=group_rows,
+        progress=progress,
+      )
   sizes = sharding.process_sum(
     np.bincount(clusters, minlength=num_clusters).astype(np.int32)
   )
   groups = cluster_groups(sizes, group_rows)
+  group_of = np.zeros(num_clusters, np.int64)
+  for g, members in enumerate(groups):
+    group_of[members] = g
+
+  def path_of(group: int, process: int) -> str:
+    return paths.join(scratch, f"group-{group:06d}-{process:05d}.arrow")
+
+  dtype = embeddings.stored_dtype(path)
+  schema = _member_schema(dtype)
+
+  def batches():
+    first = 0
+    for ids, _, x in embeddings.iter_embeddings(path, batch_rows, share):
+      at = slice(first, first + len(x))
+      stored = x.astype(dtype)
+      if not np.array_equal(stored, x):
+        raise ValueError(
+          f"{path}: rows {share.start + first}..{share.start + at.stop} are "
+          f"not {dtype} as the first shard is; its shards store different "
+          "dtypes."
+        )
+      vectors = pa.ListArray.from_arrays(
+        np.arange(len(x) + 1, dtype=np.int32) * x.shape[1], stored.reshape(-1)
+      )
+      batch = pa.RecordBatch.from_arrays(
+        [
+          pa.array(np.arange(at.start, at.stop, dtype=np.int32) + share.start),
+          pa.array(clusters[at].astype(np.int32)),
+          pa.array(distances[at]),
+          pa.array(ids, pa.string()),
+          vectors,
+        ],
+        schema=schema,
+      )
+      yield batch, group_of[clusters[at]]
+      first += len(x)
+
   # Scores as int32 bit patterns, 0 where another process scores the row,
   # so that a process_sum hands each process its share's floats exactly.
   bits = np.zeros(len(share), np.int32)
   foreign = []  # (rows, bits) this process scored in other shares
   t0 = time.perf_counter()
-  for first in range(0, len(groups), count):
-    members = None
-    for g in range(first, min(first + count, len(groups))):
-      in_group = np.zeros(num_clusters, bool)
-      in_group[groups[g]] = True
-      local = np.flatnonzero(in_group[clusters])
-      dealt = sharding.process_gather(
-        np.stack(
-          [
-            share.start + local,
-            clusters[local],
-            distances[local].view(np.int32),
-          ],
-          axis=1,
-        ).astype(np.int32)
-      )  # [members, 3] in input order: every share's rows, in turn
-      if g % count == index:
-        members = dealt
-    mine = first + index  # this process's group (none: past the last)
-    with sharding.all_or_none(f"semdedup of cluster group {mine + 1}"):
-      if members is not None:
-        rows, scores = _score_group(
-          path, members, groups[mine], mesh, batch_rows
-        )
-        scores = scores.view(np.int32)
-        own = (rows >= share.start) & (rows < share.stop)
-        bits[rows[own] - share.start] = scores[own]
-        foreign.append((rows[~own], scores[~own]))
-    if progress and members is not None:
+  with driver.scratch(scratch, "semdedup"):
+    with sharding.all_or_none("semdedup's dealing of rows by cluster group"):
+      paths.makedirs(scratch)
+      dealing.deal(batches, schema, len(groups), lambda g: path_of(g, index))
+    if progress:
       print(
-        f"semdedup: group {mine + 1}/{len(groups)} ({len(rows)} rows, "
-        f"{time.perf_counter() - t0:.1f}s)",
+        f"semdedup: {len(share)} rows dealt into {len(groups)} cluster "
+        f"groups ({time.perf_counter() - t0:.1f}s)",
         file=sys.stderr,
       )
+    for first in range(0, len(groups), count):
+      mine = first + index  # this process's group (none: past the last)
+      with sharding.all_or_none(f"semdedup of cluster group {mine + 1}"):
+        if mine < len(groups):
+          members = pa.concat_tables(
+            dealing.read(path_of(mine, q)) for q in range(count)
+          )
+          rows, scores = _score_group(members, groups[mine], mesh)
+          scores = scores.view(np.int32)
+          own = (rows >= share.start) & (rows < share.stop)
+          bits[rows[own] - share.start] = scores[own]
+          foreign.append((rows[~own], scores[~own]))
+      if progress and mine < len(groups):
+        print(
+          f"semdedup: group {mine + 1}/{len(groups)} ({len(rows)} rows, "
+          f"{time.perf_counter() - t0:.1f}s)",
+          file=sys.stderr,
+        )
   return _return_scores(path, bits, foreign).view(np.float32)
 
 
 def _score_group(
-  path: str,
-  members: np.ndarray,
-  group: np.ndarray,
-  mesh: jax.sharding.Mesh,
-  batch_rows: int,
+  members: pa.Table, group: np.ndarray, mesh: jax.sharding.Mesh
 ) -> tuple[np.ndarray, np.ndarray]:
-  """(rows, float32 scores) of one group's members.
-
-  `members` is [m, 3] int32 (row, cluster, distance bits), rows ascending;
-  their embeddings are read from `path` (the rows they span only).
-  """
-  rows, member_clusters = members[:, 0], members[:, 1]
-  distances = members[:, 2].view(np.float32)
+  """(rows, float32 scores) of one group's dealt members (`_member_schema`
+  rows, rows ascending)."""
+  rows = members.column("row").to_numpy()
   scores = np.full(len(rows), np.nan, np.float32)
   if not len(rows):
     return rows, scores
-  ids, parts = [], []
-  span = range(int(rows[0]), int(rows[-1]) + 1)
-  first = span.start
-  for batch_ids, _, x in embeddings.iter_embeddings(path, batch_rows, span):
-    lo, hi = np.searchsorted(rows, [first, first + len(x)])
-    mine = rows[lo:hi] - first
-    ids += [batch_ids[i] for i in mine]
-    parts.append(_unit(x[mine]))
-    first += len(x)
+  member_clusters = members.column("cluster").to_numpy()
+  distances = members.column("distance").to_numpy()
   # Object, not fixed-width: one long url would widen every id of the group.
-  ids = np.asarray(ids, object)
-  vectors = np.concatenate(parts)
+  ids = np.asarray(members.column("id").to_pylist(), object)
+  flat = members.column("vector").combine_chunks().flatten().to_numpy()
+  vectors = _unit(flat.reshape(len(rows), -1).astype(np.float32))
   for c in group:
     of_c = np.flatnonzero(member_clusters == c)
     if not len(of_c):
@@ -398,6 +454,7 @@ def cluster_scores(
   eps: float = DEFAULT_EPS,
   batch_rows: int = 65_536,
   group_rows: int = DEFAULT_GROUP_ROWS,
+  scratch: str | None = None,
   checkpoint_dir: str | None = None,
   checkpoint_every: int = 1,
   progress: bool = False,
@@ -415,6 +472,8 @@ def cluster_scores(
     eps: SemDeDup: near-duplicates have cosine similarity > 1 - eps.
     batch_rows: Rows read per batch.
     group_rows: SemDeDup: most embeddings held at once.
+    scratch: SemDeDup: the processes' shared directory for the dealt
+      groups (`semdedup_similarities`); None: a local temporary one.
     checkpoint_dir: k-means iteration checkpoints (resumable), or None.
     checkpoint_every: Iterations between k-means checkpoints.
     progress: Print progress to stderr.
@@ -460,6 +519,7 @@ def cluster_scores(
       distances,
       config.clusters,
       mesh,
+      scratch=scratch,
       batch_rows=batch_rows,
       group_rows=group_rows,
       progress=progress,
@@ -521,6 +581,7 @@ def cluster(config: configs.ClusterConfig) -> dict:
       eps=config.eps,
       batch_rows=config.batch_rows,
       group_rows=config.group_rows,
+      scratch=driver.scratch_path(config.output),
       checkpoint_dir=paths.join(config.output, KMEANS_CHECKPOINTS),
       checkpoint_every=config.checkpoint_every,
       progress=config.progress and jax.process_index() == 0,

@@ -2,10 +2,11 @@
 
 import jax
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from data_efficient import sharding
-from data_efficient.io import results
+from data_efficient.io import dealing, embeddings, results
 from data_efficient.stages import cluster, configs, select
 from data_efficient.stages.cluster import baselines, kmeans
 
@@ -102,6 +103,70 @@ def test_semdedup_in_small_groups_equals_one_group(tmp_path):
   )
   assert len(baselines.cluster_groups(np.bincount(clusters), 50)) == 8
   np.testing.assert_allclose(one, many, atol=1e-6)
+
+
+def _clustered(path, k=8):
+  """(clusters, distances) of `path` after two k-means iterations."""
+  config = configs.KMeansConfig(clusters=k, iterations=2)
+  result = kmeans.fit(path, config, mesh(2), batch_rows=100)
+  parts = list(kmeans.assign(path, result.centroids, mesh(2)))
+  return (np.concatenate([p[2] for p in parts]),
+          np.concatenate([p[3] for p in parts]))  # fmt: skip
+
+
+def test_float16_embeddings_are_dealt_as_float16_with_the_same_scores(
+  tmp_path, monkeypatch
+):
+  x = corpus(seed=5)[0].astype(np.float16)
+  stored = tmp_path / "e"
+  writer = results.ResultWriter(str(stored), embeddings.schema(24, "float16"),
+                                rows_per_shard=200,
+                                run_config={"stage": "embed"})  # fmt: skip
+  writer.write({"id": [str(i) for i in range(len(x))],
+                "problem": [None] * len(x),
+                "n_tokens": np.ones(len(x), np.int32),
+                "truncated": np.zeros(len(x), bool),
+                "embedding": x})  # fmt: skip
+  writer.close()
+  results.write_manifest(str(stored), {"stage": "embed"})
+  wide = str(tmp_path / "x.npy")
+  np.save(wide, x.astype(np.float32))
+  assert embeddings.stored_dtype(str(stored)) == np.float16
+  assert embeddings.stored_dtype(wide) == np.float32
+  clusters, distances = _clustered(wide)
+  dealt = []
+  original = dealing.deal
+  monkeypatch.setattr(dealing, "deal", lambda b, schema, *a: dealt.append(
+    schema.field("vector").type.value_type) or original(b, schema, *a))  # fmt: skip
+  got = [
+    baselines.semdedup_similarities(
+      p, clusters, distances, 8, mesh(2), group_rows=100, batch_rows=64
+    )
+    for p in (str(stored), wide)
+  ]
+  assert dealt == [pa.float16(), pa.float32()]
+  np.testing.assert_array_equal(got[0].view(np.int32), got[1].view(np.int32))
+  # Vectors that the stored dtype cannot hold are refused, not rounded.
+  monkeypatch.setattr(embeddings, "stored_dtype", lambda _: np.dtype("float16"))
+  np.save(wide, x.astype(np.float32) + np.float32(1e-4))
+  with pytest.raises(ValueError, match=r"x.npy: rows 0..64 are not float16"):
+    baselines.semdedup_similarities(
+      wide, clusters, distances, 8, mesh(2), group_rows=100, batch_rows=64
+    )
+
+
+def test_semdedup_scratch_is_cleared_first_and_removed(tmp_path):
+  x, _ = corpus(seed=6)
+  path = str(tmp_path / "x.npy")
+  np.save(path, x)
+  want = results.read_results(run_cluster(tmp_path, path, "semdedup"))
+  # A killed run's leftovers: a group file of junk.
+  stale = tmp_path / "again" / "semdedup.scratch"
+  stale.mkdir(parents=True)
+  (stale / "group-000000-00000.arrow").write_bytes(b"junk")
+  out = run_cluster(tmp_path / "again", path, "semdedup", group_rows=100)
+  assert out + ".scratch" == str(stale) and not stale.exists()
+  assert results.read_results(out).equals(want)
 
 
 def test_cluster_groups_hold_whole_clusters_within_the_budget():
