@@ -33,10 +33,10 @@ similarity matrix split over them. A cluster's members are spread over the
 whole input, so each process first deals its share, in one pass, into a
 file per group (`io.dealing`: row, cluster, distance, id and embedding, in
 the input's float16 or float32, about the input's size in all, on the job's
-shared scratch directory beside the output). The groups go to the processes in turn
-(group g to process g % P), and each reads its groups' files, of every
-process: every embedding is read twice and written once, whatever the
-number of groups. Scores of rows in other processes' shares wait as (row,
+shared scratch directory beside the output). The groups go to the
+processes in turn (group g to process g % P), and each reads its groups'
+files, of every process: every embedding is read twice and written once,
+whatever the number of groups. Scores of rows in other processes' shares wait as (row,
 score) pairs (8 bytes each, about N/P rows) and go back at the end, one
 `sharding.process_sum` per share of a share-sized int32 vector (the
 scores' bit patterns: exact). At C4's 3.65e8 rows on 64 hosts that is 68
@@ -283,13 +283,13 @@ def semdedup_similarities(
   schema = _member_schema(dtype)
 
   def batches():
-    first = 0
+    done = 0
     for ids, _, x in embeddings.iter_embeddings(path, batch_rows, share):
-      at = slice(first, first + len(x))
+      at = slice(done, done + len(x))
       stored = x.astype(dtype)
       if not np.array_equal(stored, x):
         raise ValueError(
-          f"{path}: rows {share.start + first}..{share.start + at.stop} are "
+          f"{path}: rows {share.start + at.start}..{share.start + at.stop} are "
           f"not {dtype} as the first shard is; its shards store different "
           "dtypes."
         )
@@ -307,7 +307,7 @@ def semdedup_similarities(
         schema=schema,
       )
       yield batch, group_of[clusters[at]]
-      first += len(x)
+      done += len(x)
 
   # Scores as int32 bit patterns, 0 where another process scores the row,
   # so that a process_sum hands each process its share's floats exactly.
@@ -358,7 +358,11 @@ def _score_group(
   distances = members.column("distance").to_numpy()
   # Object, not fixed-width: one long url would widen every id of the group.
   ids = np.asarray(members.column("id").to_pylist(), object)
-  flat = members.column("vector").combine_chunks().flatten().to_numpy()
+  # Chunk by chunk (a dealt batch each): one list array of a whole group
+  # could pass 2^31 values, its offsets' limit.
+  flat = np.concatenate(
+    [chunk.flatten().to_numpy() for chunk in members.column("vector").chunks]
+  )
   vectors = _unit(flat.reshape(len(rows), -1).astype(np.float32))
   for c in group:
     of_c = np.flatnonzero(member_clusters == c)
