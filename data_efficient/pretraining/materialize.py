@@ -154,12 +154,6 @@ def _validation_spec(corpus: str, validation_corpus: str | None) -> str | None:
   return None
 
 
-def _write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (local or gs://, `io.paths`)."""
-  text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-  paths.write_bytes(path, text.encode("utf-8"))
-
-
 def materialize(
   selection_dir: str,
   output_dir: str,
@@ -310,7 +304,7 @@ def materialize(
     "missing_ids": counts["missing"],
     "duplicate_ids": counts["duplicate_ids"],
   }
-  _write_json(manifest_path, manifest)
+  results.write_json(output_dir, results.MANIFEST, manifest)
   return manifest
 
 
