@@ -62,7 +62,7 @@ class SortedRuns:
     self._run_bytes = run_bytes
     self._buffer: list[pa.Array] = []
     self._bytes = 0
-    self._runs: list[str] = []
+    self._runs = 0  # written to scratch
 
   def add(self, strings: pa.Array) -> None:
     """Adds [n] non-null strings."""
@@ -73,11 +73,11 @@ class SortedRuns:
 
   def _write_run(self) -> None:
     paths.makedirs(self._scratch)
-    path = _run_path(self._scratch, len(self._runs))
+    path = _run_path(self._scratch, self._runs)
     table = pa.table({"id": _sort(self._buffer)}, schema=_SCHEMA)
     with paths.atomic_write(path) as f, pa.ipc.new_file(f, _SCHEMA) as writer:
       writer.write_table(table, max_chunksize=_RUN_BATCH)
-    self._runs.append(path)
+    self._runs += 1
     self._buffer, self._bytes = [], 0
 
   def close(self) -> int:
@@ -85,13 +85,11 @@ class SortedRuns:
     to `read`; returns the number of runs."""
     if self._buffer:
       self._write_run()
-    return len(self._runs)
+    return self._runs
 
   def __iter__(self) -> Iterator[str]:
     """Every string added, in sorted order (once)."""
     if not self._runs:
       yield from _sort(self._buffer or [pa.array([], pa.string())]).to_pylist()
       return
-    if self._buffer:
-      self._write_run()
-    yield from heapq.merge(*(_read_run(path) for path in self._runs))
+    yield from read(self._scratch, self.close())
