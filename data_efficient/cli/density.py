@@ -15,8 +15,8 @@ def run(config: CONFIG) -> summary.Summary:
   from data_efficient.stages import density
 
   manifest = density.density(config)
-  if (own := summary.other_process(manifest, config.output)) is not None:
-    return own
+  if (other := summary.other_process(manifest, config.output)) is not None:
+    return other
   bandwidth = manifest["run_config"]["bandwidth"]
   data = summary.reduction(NAME, manifest, config.output, bandwidth=bandwidth)
   return summary.Summary(

@@ -95,8 +95,8 @@ def other_process(manifest: Mapping, output: str) -> Summary | None:
 
 def model_stage(stage: str, output: str, manifest: Mapping, next_: str):
   """The summary of a model stage (score, embed, perplexity)."""
-  if (own := other_process(manifest, output)) is not None:
-    return own
+  if (other := other_process(manifest, output)) is not None:
+    return other
   stats = [p["stats"] for p in manifest.get("processes", [])]
   data = {
     "stage": stage,

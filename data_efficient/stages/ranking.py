@@ -23,8 +23,9 @@ the collected rows are gathered to every process
 (`sharding.process_gather_table`), so every process takes the same
 decisions and finds the same row. The gather pads every process's part to
 the largest one's, so the limits bound the process count times the largest
-part: rows spread unevenly over the processes take a pass or so more. A pass that fails on one process (an
-unreadable shard, a bad score) fails on all (`sharding.all_or_none`).
+part: rows spread unevenly over the processes take a pass or so more. A
+pass that fails on one process (an unreadable shard, a bad score) fails on
+all (`sharding.all_or_none`).
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ process 0 merges them with its own into the output's shards, the same rows
 in the same order as one process writes (the others write one empty shard
 each), then the manifest. The scratch, `SELECTION.scratch` beside the
 output, must be on storage every process reaches (gs://, or a shared file
-system); it holds the buckets (about the inputs' size) and the kept ids.
+system); it holds the buckets (about the inputs' size) and their joined
+copies, written by the first pass for the later ones, and the kept ids.
 Memory per process: one batch of 65,536 rows of one input, or one bucket of
 about 262,144 rows per input; the pass's sample (65,536 rows) or collected
 rows (at most 262,144 rows or 64 MB of ids), gathered to every process;

@@ -36,11 +36,11 @@ the input's float16 or float32, about the input's size in all, on the job's
 shared scratch directory beside the output). The groups go to the
 processes in turn (group g to process g % P), and each reads its groups'
 files, of every process: every embedding is read twice and written once,
-whatever the number of groups. Scores of rows in other processes' shares wait as (row,
-score) pairs (8 bytes each, about N/P rows) and go back at the end, one
-`sharding.process_sum` per share of a share-sized int32 vector (the
-scores' bit patterns: exact). At C4's 3.65e8 rows on 64 hosts that is 68
-MB of per-row state per host (5.7M rows) and up to 45 MB of such pairs,
+whatever the number of groups. Scores of rows in other processes' shares
+wait as (row, score) pairs (8 bytes each, about N/P rows) and go back at
+the end, one `sharding.process_sum` per share of a share-sized int32 vector
+(the scores' bit patterns: exact). At C4's 3.65e8 rows on 64 hosts that is
+68 MB of per-row state per host (5.7M rows) and up to 45 MB of such pairs,
 besides a group's members (`group_rows` x (d x 4 bytes + id), over 6.1 GB
 at the default 2M rows and d = 768, as in one process).
 """

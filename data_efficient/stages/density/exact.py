@@ -407,8 +407,8 @@ def kernel_sums(
 
   Raises:
     ValueError: on bad shapes, an unknown kernel, a non-positive bandwidth,
-      bad block sizes, an unknown form, or NaN/inf in NumPy inputs (JAX arrays are not
-      checked, to avoid a device-to-host copy).
+      bad block sizes, an unknown form, or NaN/inf in NumPy inputs (JAX
+      arrays are not checked, to avoid a device-to-host copy).
   """
   kernels.check_kernel(kernel, bandwidth, hashes_per_row)
   if form is not None and form not in FORMS:

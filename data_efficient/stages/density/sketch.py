@@ -57,9 +57,9 @@ and pass 1 loses its scatter-add: ~35 ns per update, consistent with a
 row's 2048 updates per block landing at random across the 1250 cache lines
 of its 80 kB of counts, so that each block streams nearly all 80 MB of
 counts through the caches (at K = 1, with ~28 buckets used per row, ~4 ns;
-blocks of 1024 or 4096 rows were slower). Whole passes over 10^6 rows in chunks of 65536, under the load of
-other processes (1-min load 1.9-4.0): pass 1 54-87%, pass 2 64-104% of the
-bound at K = 12; 52-67% and 57-90% at K = 1, whose scatter and gather are
+blocks of 1024 or 4096 rows were slower). Whole passes over 10^6 rows in
+chunks of 65536, under the load of other processes (1-min load 1.9-4.0):
+pass 1 54-87%, pass 2 64-104% of the bound at K = 12; 52-67% and 57-90% at K = 1, whose scatter and gather are
 then a larger share.
 The block scan keeps the counts in place (a loop carry, started from the
 sketch so far on device 0), and the flat row-major index keeps each row's
