@@ -42,7 +42,7 @@ import scale  # noqa: E402  (a sibling benchmark: its synthetic inputs)
 # One timed call in a fresh process: settings in argv; JSON on the last line.
 _CHILD = """
 import json, sys, time
-root, path, work, clusters_k, group_rows = sys.argv[1:6]
+root, path, work, clusters_k, group_rows, out = sys.argv[1:7]
 sys.path.insert(0, root)
 import numpy as np
 from data_efficient import sharding
@@ -64,7 +64,6 @@ scores = baselines.semdedup_similarities(
   group_rows=int(group_rows))
 seconds = time.perf_counter() - t0
 r1, w1 = io_counts()
-out = work + "/scores-" + str(abs(hash(root))) + ".npy"
 np.save(out, scores)
 with open("/proc/self/status") as f:
   peak = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
@@ -89,10 +88,12 @@ def cluster_once(path, work, k):
   np.save(f"{work}/distances.npy", np.concatenate([p[3] for p in parts]))
 
 
-def timed(root, path, work, k, group_rows):
+def timed(root, path, work, k, group_rows, out):
+  """One child's figures; its scores are saved to `out`."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  args = [root, path, work, str(k), str(group_rows), out]
   done = subprocess.run(
-    [sys.executable, "-c", _CHILD, root, path, work, str(k), str(group_rows)],
+    [sys.executable, "-c", _CHILD, *args],
     capture_output=True,
     text=True,
     env=env,
@@ -135,7 +136,10 @@ def main():
     runs = {"new": [], "old": []}
     for _ in range(args.rounds):
       for name, root in (("new", ROOT), ("old", old_root)):
-        runs[name].append(timed(root, path, work, args.clusters, group_rows))
+        out = f"{work}/scores-{name}-{len(runs[name])}.npy"
+        runs[name].append(
+          timed(root, path, work, args.clusters, group_rows, out)
+        )
         r = runs[name][-1]
         print(
           f"{name}: {r['seconds']:7.1f} s, {args.rows / r['seconds']:8.0f} "

@@ -138,33 +138,32 @@ def test_round_trip_and_task(corpus, tmp_path):
     seqio.TaskRegistry.remove(task.name)
 
 
+def _materialize_train(selection, output, root, **settings):
+  """`materialize` of the train split of `root`'s corpus by url, 2 reads."""
+  return materialize.materialize(
+    selection,
+    output,
+    corpus=str(root / "train.jsonl"),
+    validation_corpus=None,
+    id_field="url",
+    num_reads=2,
+    pipeline_args=_BEAM,
+    **settings,
+  )
+
+
 def test_missing_ids_are_an_error(corpus, tmp_path):
   root, train, _ = corpus
   ids = [train[0]["url"], "https://not.in/corpus"]
   selection = _selection(tmp_path / "sel", ids)
   output = str(tmp_path / "out")
   with pytest.raises(ValueError, match="1 of 2 selected ids are not in"):
-    materialize.materialize(
-      selection,
-      output,
-      corpus=str(root / "train.jsonl"),
-      validation_corpus=None,
-      id_field="url",
-      num_reads=2,
-      pipeline_args=_BEAM,
-    )
+    _materialize_train(selection, output, root)
   assert not os.path.exists(os.path.join(output, "manifest.json"))
   missing = tf.io.gfile.glob(os.path.join(output, "missing_ids*"))
   assert "".join(open(p).read() for p in missing).split() == [ids[1]]
-  manifest = materialize.materialize(
-    selection,
-    str(tmp_path / "out2"),
-    corpus=str(root / "train.jsonl"),
-    validation_corpus=None,
-    id_field="url",
-    num_reads=2,
-    allow_missing=True,
-    pipeline_args=_BEAM,
+  manifest = _materialize_train(
+    selection, str(tmp_path / "out2"), root, allow_missing=True
   )
   assert manifest["splits"] == {
     "train": {"file_pattern": "train.tfrecord-*", "num_examples": 1}
@@ -191,16 +190,7 @@ def test_materialize_reads_and_writes_gcs(corpus, tmp_path, gcs_dir):
     with open(os.path.join(local, name), "rb") as f:
       paths.write_bytes(paths.join(selection, name), f.read())
   output = paths.join(gcs_dir, "out")
-  manifest = materialize.materialize(
-    selection,
-    output,
-    corpus=str(root / "train.jsonl"),
-    validation_corpus=None,
-    id_field="url",
-    num_reads=2,
-    num_shards=2,
-    pipeline_args=_BEAM,
-  )
+  manifest = _materialize_train(selection, output, root, num_shards=2)
   assert manifest == json.loads(paths.read_bytes(f"{output}/manifest.json"))
   assert manifest["splits"]["train"]["num_examples"] == len(chosen)
   records = sorted(paths.glob(f"{output}/train.tfrecord-*"))
